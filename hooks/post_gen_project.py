@@ -1,0 +1,103 @@
+"""Finish the generated repository: drop the files of options not chosen, record the answers
+(cruft-compatible, so the project can be replayed and updated), make the first commit."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+# jsonify then tojson: a JSON document inside a Python string literal, whatever the answers hold.
+CONTEXT = json.loads({{ cookiecutter | jsonify | tojson }})
+ROOT = Path.cwd()
+
+
+def _absolute(location):
+    """cookiecutter passes a local template path as typed; hooks run inside the new project,
+    so resolve it against the directory cookiecutter was started from ($PWD)."""
+    if not location or "://" in location or location.startswith(("gh:", "gl:", "bb:", "git@")):
+        return location
+    path = Path(location).expanduser()
+    if not path.is_absolute():
+        path = Path(os.environ.get("PWD", ROOT)) / path
+    return str(path.resolve())
+
+
+TEMPLATE = _absolute(CONTEXT.get("_template"))
+TEMPLATE_DIR = _absolute(CONTEXT.get("_repo_dir")) or TEMPLATE
+
+
+def remove(*relative_paths):
+    for relative in relative_paths:
+        path = ROOT / relative
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()
+
+
+def apply_promotion(choice):
+    """Each pattern keeps its own guide and production workflow; the other one goes."""
+    other = "retrain" if choice == "transit" else "transit"
+    remove(f"docs/promotion-{other}.md", f".github/workflows/production-{other}.yml")
+
+
+def apply_argocd(choice):
+    if choice == "no":
+        remove("deploy/argocd")
+
+
+def template_commit():
+    if not TEMPLATE_DIR or not Path(TEMPLATE_DIR).is_dir() or not shutil.which("git"):
+        return None
+    result = subprocess.run(
+        ["git", "-C", TEMPLATE_DIR, "rev-parse", "HEAD"], capture_output=True, text=True, check=False
+    )
+    return result.stdout.strip() if result.returncode == 0 else None
+
+
+def record_answers():
+    """The .cruft.json `cruft update` reads: template, commit and every answer."""
+    answers = {key: value for key, value in CONTEXT.items() if not key.startswith("_")}
+    answers["_template"] = TEMPLATE
+    record = {
+        "template": TEMPLATE,
+        "commit": template_commit(),
+        "checkout": CONTEXT.get("_checkout"),
+        "context": {"cookiecutter": answers},
+        "directory": None,
+        "skip": [".git", ".mlops", ".venv", "build"],
+    }
+    (ROOT / ".cruft.json").write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
+
+
+def initial_commit():
+    """One commit on main, so the first PR has a base; skipped quietly without git."""
+    if not shutil.which("git") or os.environ.get("MLOPS_TEMPLATE_NO_GIT"):
+        return
+    identity = []
+    probe = subprocess.run(["git", "config", "user.email"], capture_output=True, text=True, check=False)
+    if not probe.stdout.strip():
+        identity = ["-c", "user.name=mlops-template", "-c", "user.email=mlops-template@localhost"]
+    for argv in (
+        ["git", "init", "--quiet", "--initial-branch=main"],
+        ["git", "add", "--all"],
+        [*["git", *identity], "commit", "--quiet", "--no-verify", "-m", "Initial commit from the MLOps GitOps template"],
+    ):
+        result = subprocess.run(argv, capture_output=True, text=True, check=False)
+        if result.returncode != 0:
+            print(f"warning: `{' '.join(argv)}` failed, the repository is left uncommitted: "
+                  f"{result.stderr.strip()}", file=sys.stderr)
+            return
+
+
+def main():
+    apply_promotion(CONTEXT["promotion"])
+    apply_argocd(CONTEXT["argocd"])
+    record_answers()
+    initial_commit()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,142 @@
+"""Validate every input before anything is generated.
+
+A bad input prints one line naming the key, the value and the expected form, then exits 1;
+cookiecutter then removes the half-made output directory. No traceback from this hook.
+"""
+
+import keyword
+import re
+import sys
+
+ENVIRONMENTS = ("sandbox", "staging", "production")
+# The longest name derived from the project: "<project>-pipeline-runner" (ServiceAccount)
+# and "<project>-production" (namespace) must stay valid DNS-1123 labels (63 characters).
+LONGEST_SUFFIX = max(len("-pipeline-runner"), len("-production"), len("-features"))
+MAX_PROJECT = 63 - LONGEST_SUFFIX
+KUBERNETES_RANGE = (25, 37)  # the schemas kubernetes-validate 1.37 ships
+PYTHON_RANGE = (11, 13)
+
+# tojson renders each answer as a string literal that is valid Python too, whatever it holds.
+ANSWERS = {
+    "project_name": {{ cookiecutter.project_name | tojson }},
+    "project": {{ cookiecutter.project | tojson }},
+    "package": {{ cookiecutter.package | tojson }},
+    "description": {{ cookiecutter.description | tojson }},
+    "github_owner": {{ cookiecutter.github_owner | tojson }},
+    "release_owners": {{ cookiecutter.release_owners | tojson }},
+    "container_registry": {{ cookiecutter.container_registry | tojson }},
+    "promotion": {{ cookiecutter.promotion | tojson }},
+    "sandbox_registry_uri": {{ cookiecutter.sandbox_registry_uri | tojson }},
+    "staging_registry_uri": {{ cookiecutter.staging_registry_uri | tojson }},
+    "production_registry_uri": {{ cookiecutter.production_registry_uri | tojson }},
+    "kubernetes_version": {{ cookiecutter.kubernetes_version | tojson }},
+    "python_version": {{ cookiecutter.python_version | tojson }},
+    "argocd": {{ cookiecutter.argocd | tojson }},
+}
+
+
+def check_project_name(value):
+    if not value.strip() or len(value) > 80 or any(c in value for c in "\"'`\\\n{}$"):
+        return "1 to 80 characters without quotes, backslashes, braces or $"
+
+
+def check_project(value):
+    if not re.fullmatch(r"[a-z]([-a-z0-9]*[a-z0-9])?", value) or "--" in value:
+        return "a DNS-1123 label: lowercase letters, digits and single '-', starting with a letter"
+    if len(value) > MAX_PROJECT:
+        return f"at most {MAX_PROJECT} characters, so that '<project>-pipeline-runner' fits in 63"
+
+
+def check_package(value):
+    if not re.fullmatch(r"[a-z_][a-z0-9_]*", value):
+        return "a lowercase Python identifier (letters, digits, '_', not starting with a digit)"
+    if keyword.iskeyword(value) or keyword.issoftkeyword(value):
+        return "a Python identifier that is not a keyword"
+    if value in sys.stdlib_module_names or value in {"kfp", "mlflow", "sklearn", "mlserver", "yaml"}:
+        return "a name that does not shadow a standard-library or dependency module"
+
+
+def check_description(value):
+    if len(value) > 300 or any(c in value for c in "\"\\\n`$"):
+        return "at most 300 characters on one line, without double quotes, backslashes, backticks or $"
+
+
+def check_github_owner(value):
+    if not re.fullmatch(r"[A-Za-z0-9](?:[A-Za-z0-9]|-(?=[A-Za-z0-9])){0,38}", value):
+        return "a GitHub user or organisation: 1-39 letters, digits or single '-', not at either end"
+
+
+def check_release_owners(value):
+    owners = value.split()
+    pattern = r"@[A-Za-z0-9](?:[A-Za-z0-9-]{0,38})(?:/[A-Za-z0-9._-]+)?|[^@\s]+@[^@\s]+\.[a-z]+"
+    if not owners or not all(re.fullmatch(pattern, owner) for owner in owners):
+        return "space-separated CODEOWNERS entries such as @user, @org/team or name@example.com"
+
+
+def check_container_registry(value):
+    host = r"(?:[a-z0-9](?:[a-z0-9-]*[a-z0-9])?)(?:\.[a-z0-9](?:[a-z0-9-]*[a-z0-9])?)*(?::[0-9]{1,5})?"
+    path = r"(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*"
+    if not re.fullmatch(host + path, value) or len(value) > 200:
+        return "a lowercase registry path such as ghcr.io/my-org or 123456789.dkr.ecr.eu-west-1.amazonaws.com/ml"
+
+
+def check_promotion(value):
+    if value not in ("transit", "retrain"):
+        return "transit or retrain"
+
+
+def check_registry_uri(value):
+    if not re.fullmatch(r"https?://[A-Za-z0-9.-]+(?::[0-9]{1,5})?(?:/[A-Za-z0-9._~/-]*)?", value):
+        return "an http:// or https:// URL of an MLflow tracking server, without spaces or query"
+
+
+def _minor_in(value, major, bounds):
+    match = re.fullmatch(rf"{major}\.([0-9]+)", value)
+    return match is not None and bounds[0] <= int(match.group(1)) <= bounds[1]
+
+
+def check_kubernetes_version(value):
+    if not _minor_in(value, 1, KUBERNETES_RANGE):
+        return f"a Kubernetes minor version from 1.{KUBERNETES_RANGE[0]} to 1.{KUBERNETES_RANGE[1]}, such as 1.32"
+
+
+def check_python_version(value):
+    if not _minor_in(value, 3, PYTHON_RANGE):
+        return f"a Python minor version from 3.{PYTHON_RANGE[0]} to 3.{PYTHON_RANGE[1]}, such as 3.11"
+
+
+def check_argocd(value):
+    if value not in ("yes", "no"):
+        return "yes or no"
+
+
+CHECKS = {
+    "project_name": check_project_name,
+    "project": check_project,
+    "package": check_package,
+    "description": check_description,
+    "github_owner": check_github_owner,
+    "release_owners": check_release_owners,
+    "container_registry": check_container_registry,
+    "promotion": check_promotion,
+    "sandbox_registry_uri": check_registry_uri,
+    "staging_registry_uri": check_registry_uri,
+    "production_registry_uri": check_registry_uri,
+    "kubernetes_version": check_kubernetes_version,
+    "python_version": check_python_version,
+    "argocd": check_argocd,
+}
+
+
+def main():
+    for key, check in CHECKS.items():
+        value = ANSWERS[key]
+        expected = check(value)
+        if expected:
+            print(f"error: {key}={value!r} is invalid: expected {expected}.", file=sys.stderr)
+            return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
