@@ -17,7 +17,7 @@ def test_pipelines_compile_reproducibly(tmp_path):
             if container:  # nothing is pip-installed when a step starts
                 assert "pip install" not in " ".join(container["command"])
                 assert not container["image"].endswith(":latest")
-    assert not list((tmp_path / "a").glob("*.partial"))
+    assert not list((tmp_path / "a").glob(".*.partial.yaml"))
 
 
 def test_training_pipeline_runs_locally(project_copy):

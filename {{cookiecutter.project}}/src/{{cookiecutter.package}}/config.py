@@ -73,9 +73,7 @@ class Config:
 
     def env(self, name: str) -> Environment:
         if name not in self.environments:
-            raise ConfigError(
-                f"unknown environment {name!r}: expected one of {', '.join(self.environments)}"
-            )
+            raise ConfigError(f"unknown environment {name!r}: expected one of {', '.join(self.environments)}")
         return self.environments[name]
 
 
@@ -85,9 +83,7 @@ def find_root(start: Path | None = None) -> Path:
     for folder in (here, *here.parents):
         if (folder / "config" / "environments.yaml").is_file():
             return folder
-    raise ConfigError(
-        f"no config/environments.yaml found in {here} or its parents: run from the project repository"
-    )
+    raise ConfigError(f"no config/environments.yaml found in {here} or its parents: run from the project repository")
 
 
 def _require(mapping: dict[str, Any], key: str, where: str) -> Any:
@@ -104,9 +100,7 @@ def _gates(raw: Any, where: str) -> dict[str, float]:
     gates = {}
     for key, value in raw.items():
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(
-                f"config/environments.yaml: {where}.gates.{key} is {value!r}; expected a number"
-            )
+            raise ConfigError(f"config/environments.yaml: {where}.gates.{key} is {value!r}; expected a number")
         gates[key] = float(value)
     return gates
 

@@ -46,9 +46,7 @@ def render(directory: Path | str, timeout: float = 120) -> str:
     directory = Path(directory)
     if not (directory / "kustomization.yaml").is_file():
         raise KustomizeError(f"{directory} has no kustomization.yaml")
-    result = subprocess.run(
-        [*command(), str(directory)], capture_output=True, text=True, timeout=timeout, check=False
-    )
+    result = subprocess.run([*command(), str(directory)], capture_output=True, text=True, timeout=timeout, check=False)
     if result.returncode != 0:
         message = result.stderr.strip() or result.stdout.strip() or f"exit code {result.returncode}"
         raise KustomizeError(f"kustomize failed for {directory}: {message}")
@@ -63,8 +61,4 @@ def render_documents(directory: Path | str) -> list[dict]:
 def overlay_dirs(root: Path) -> dict[str, Path]:
     """Every overlay under deploy/overlays, by name."""
     base = root / "deploy" / "overlays"
-    return {
-        child.name: child
-        for child in sorted(base.iterdir())
-        if (child / "kustomization.yaml").is_file()
-    }
+    return {child.name: child for child in sorted(base.iterdir()) if (child / "kustomization.yaml").is_file()}

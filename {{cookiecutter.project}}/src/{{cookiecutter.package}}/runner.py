@@ -13,6 +13,7 @@ import logging
 import os
 import sys
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -84,7 +85,9 @@ def _run_local(env: Environment, name: str, pipeline, **arguments):
     _init_local(env)
     log_path = env.local_dir / "logs" / f"{name}.log"
     try:
-        with _quiet_kfp(log_path):
+        with _quiet_kfp(log_path), warnings.catch_warnings():
+            # The local runner ignores resource limits and the base image by design.
+            warnings.filterwarnings("ignore", module=r"kfp\.local\..*")
             return pipeline(**arguments)
     except Exception as exc:  # kfp raises RuntimeError with the failing task; keep it short
         raise PipelineRunError(
@@ -119,9 +122,7 @@ def run_training(
     if not Path(features_uri).exists():
         raise PipelineRunError(f"features_uri {features_uri!r} does not exist in {env.name}")
     started = time.perf_counter()
-    task = _run_local(
-        env, "training", training_pipeline, features_uri=features_uri, c=c, max_iter=max_iter, seed=seed
-    )
+    task = _run_local(env, "training", training_pipeline, features_uri=features_uri, c=c, max_iter=max_iter, seed=seed)
     model, metrics = task.outputs["model"], task.outputs["metrics"]
     return TrainingRun(
         env=env.name,
@@ -142,6 +143,4 @@ def _snapshot(features_uri: str) -> str:
 
 def _require_local(env: Environment) -> None:
     if env.backend != "local":
-        raise PipelineRunError(
-            f"{env.name} uses the cluster backend; run it through the Kubeflow Pipelines API"
-        )
+        raise PipelineRunError(f"{env.name} uses the cluster backend; run it through the Kubeflow Pipelines API")

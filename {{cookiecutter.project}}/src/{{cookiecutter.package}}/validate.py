@@ -74,9 +74,7 @@ def _containers(pod: dict, kind: str) -> list[tuple[str, dict]]:
         found = [("model", pod["model"])] if isinstance(pod.get("model"), dict) else []
         found += [(c.get("name", "?"), c) for c in pod.get("containers", [])]
         return found
-    return [
-        (c.get("name", "?"), c) for key in ("initContainers", "containers") for c in pod.get(key) or []
-    ]
+    return [(c.get("name", "?"), c) for key in ("initContainers", "containers") for c in pod.get(key) or []]
 
 
 def _pod_findings(overlay: str, rid: str, kind: str, pod: dict) -> Iterator[Finding]:

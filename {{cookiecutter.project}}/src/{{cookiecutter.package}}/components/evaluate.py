@@ -1,13 +1,8 @@
 """Evaluation: the held-out metrics every gate and promotion PR reads."""
 
-from __future__ import annotations
-
 import pandas as pd
-from kfp import dsl
-from kfp.dsl import Dataset, Input, Metrics, Model, Output
 from sklearn.metrics import accuracy_score, f1_score, precision_score, recall_score, roc_auc_score
 
-from . import BASE_IMAGE
 from .features import SPLIT, TARGET, feature_columns
 
 
@@ -29,21 +24,3 @@ def evaluate_model(model, frame: pd.DataFrame) -> dict[str, float]:
         "test_rows": float(len(test)),
     }
     return {name: round(float(value), 6) for name, value in metrics.items()}
-
-
-@dsl.component(base_image=BASE_IMAGE, install_kfp_package=False)
-def evaluate(features: Input[Dataset], model: Input[Model], metrics: Output[Metrics]):
-    """Score the model on the test split; the metrics file is what registration reads."""
-    import json
-
-    import pandas as pd
-
-    from {{ cookiecutter.package }}.components.evaluate import evaluate_model
-    from {{ cookiecutter.package }}.components.train import load_model
-
-    results = evaluate_model(load_model(model.path), pd.read_csv(features.path))
-    for name, value in results.items():
-        metrics.log_metric(name, value)
-    with open(metrics.path, "w") as handle:
-        json.dump(results, handle, indent=2, sort_keys=True)
-

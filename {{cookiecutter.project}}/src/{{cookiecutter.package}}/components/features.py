@@ -1,16 +1,10 @@
 """Feature creation: raw measurements -> model features with a stable train/test split."""
 
-from __future__ import annotations
-
 import hashlib
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from kfp import dsl
-from kfp.dsl import Dataset, Output
-
-from . import BASE_IMAGE
 
 TARGET = "target"
 SPLIT = "split"
@@ -61,12 +55,3 @@ def write_features(path: Path | str, test_fraction: float = 0.2, seed: int = 42)
 
 def feature_columns(frame: pd.DataFrame) -> list[str]:
     return [c for c in frame.columns if c not in (TARGET, SPLIT)]
-
-
-@dsl.component(base_image=BASE_IMAGE, install_kfp_package=False)
-def make_features(features: Output[Dataset], test_fraction: float = 0.2, seed: int = 42):
-    """Create the feature table and record its snapshot digest."""
-    from {{ cookiecutter.package }}.components.features import write_features
-
-    summary = write_features(features.path, test_fraction=test_fraction, seed=seed)
-    features.metadata.update(summary)

@@ -1,18 +1,13 @@
 """Training: features -> a fitted scikit-learn pipeline saved as KServe expects it."""
 
-from __future__ import annotations
-
 from pathlib import Path
 
 import joblib
 import pandas as pd
-from kfp import dsl
-from kfp.dsl import Dataset, Input, Model, Output
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 
-from . import BASE_IMAGE
 from .features import SPLIT, TARGET, feature_columns
 
 # KServe's sklearn runtime (MLServer) loads this file name from the storageUri directory.
@@ -47,23 +42,3 @@ def save_model(model: Pipeline, directory: Path | str) -> Path:
 
 def load_model(directory: Path | str) -> Pipeline:
     return joblib.load(Path(directory) / MODEL_FILE)
-
-
-@dsl.component(base_image=BASE_IMAGE, install_kfp_package=False)
-def train(
-    features: Input[Dataset],
-    model: Output[Model],
-    c: float = 1.0,
-    max_iter: int = 1000,
-    seed: int = 42,
-):
-    """Train on the feature snapshot and save the model directory."""
-    import pandas as pd
-
-    from {{ cookiecutter.package }}.components.train import save_model, train_model
-
-    fitted = train_model(pd.read_csv(features.path), c=c, max_iter=max_iter, seed=seed)
-    save_model(fitted, model.path)
-    model.metadata.update(
-        {"framework": "sklearn", "snapshot": features.metadata.get("snapshot", "unknown")}
-    )

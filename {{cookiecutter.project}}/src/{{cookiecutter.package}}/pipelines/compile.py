@@ -22,7 +22,7 @@ def compile_all(out_dir: Path | str) -> dict[str, Path]:
     written = {}
     for name, pipeline in PIPELINES.items():
         target = out_dir / f"{name}.yaml"
-        partial = target.with_suffix(".yaml.partial")
+        partial = out_dir / f".{name}.partial.yaml"  # kfp insists on a .yaml suffix
         compiler.Compiler().compile(pipeline_func=pipeline, package_path=str(partial))
         partial.replace(target)
         written[name] = target

@@ -4,7 +4,7 @@ feature change can be tried in sandbox without touching how models are trained o
 from kfp import dsl
 from kfp.dsl import Dataset
 
-from ..components.features import make_features
+from ..components.ops import make_features
 
 
 @dsl.pipeline(

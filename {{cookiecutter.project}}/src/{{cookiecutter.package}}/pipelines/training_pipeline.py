@@ -6,8 +6,7 @@ from typing import NamedTuple
 from kfp import dsl
 from kfp.dsl import Dataset, Metrics, Model
 
-from ..components.evaluate import evaluate
-from ..components.train import train
+from ..components.ops import evaluate, train
 
 
 class TrainingOutputs(NamedTuple):
@@ -19,9 +18,7 @@ class TrainingOutputs(NamedTuple):
     name="{{ cookiecutter.project }}-training",
     description="Train and evaluate a model on a feature snapshot.",
 )
-def training_pipeline(
-    features_uri: str, c: float = 1.0, max_iter: int = 1000, seed: int = 42
-) -> TrainingOutputs:
+def training_pipeline(features_uri: str, c: float = 1.0, max_iter: int = 1000, seed: int = 42) -> TrainingOutputs:
     features = dsl.importer(artifact_uri=features_uri, artifact_class=Dataset, reimport=False)
     features.set_display_name("import features")
     trained = train(features=features.output, c=c, max_iter=max_iter, seed=seed)
