@@ -7,6 +7,7 @@ Results go to stdout, progress to stderr; a user mistake is one line and exit co
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
 import sys
@@ -15,7 +16,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 from . import config as config_mod
+from .commands import AREAS
 from .errors import MlopsError
+from .fsutil import atomic_write_text
 
 Handler = Callable[[argparse.Namespace, config_mod.Config], int]
 
@@ -51,11 +54,7 @@ def cmd_render(args: argparse.Namespace, cfg: config_mod.Config) -> int:
     out_dir = cfg.root / args.out
     out_dir.mkdir(parents=True, exist_ok=True)
     for name, directory in _selected_overlays(cfg, args.env).items():
-        rendered = kustomize.render(directory)
-        target = out_dir / f"{name}.yaml"
-        partial = target.with_suffix(".yaml.partial")
-        partial.write_text(rendered)
-        partial.replace(target)
+        target = atomic_write_text(out_dir / f"{name}.yaml", kustomize.render(directory))
         progress(f"rendered {directory.relative_to(cfg.root)} -> {target.relative_to(cfg.root)}")
     return 0
 
@@ -140,6 +139,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--features-uri", help="feature snapshot to train on (with --pipeline training)")
     sub.add_argument("--c", type=float, default=1.0, help="regularisation strength (default: %(default)s)")
 
+    for area in AREAS:
+        importlib.import_module(f".commands.{area}", __package__).register(add)
     return parser
 
 

@@ -1,0 +1,5 @@
+"""CLI commands: lifecycle."""
+
+
+def register(add) -> None:
+    """Add this area's subcommands with `add(name, handler, help)`."""
