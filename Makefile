@@ -24,8 +24,10 @@ $(VENV)/.installed: requirements-dev.txt
 demo: venv ## generate a project into build/demo/ and run its whole lifecycle locally
 	$(PY) scripts/demo.py --out build/demo
 
+# loadgroup: each deep test (a generated repo's own make bootstrap check test) is its own
+# group, scheduled first on its own worker; the fast tests fill in around them.
 test: venv ## run every template test (option matrix, generated repos, lifecycle)
-	$(PY) -m pytest -n auto tests
+	$(PY) -m pytest -n auto --dist loadgroup tests
 
 clean: ## remove build outputs
 	rm -rf build .pytest_cache

@@ -11,16 +11,37 @@ from pathlib import Path
 # jsonify then tojson: a JSON document inside a Python string literal, whatever the answers hold.
 CONTEXT = json.loads({{ cookiecutter | jsonify | tojson }})
 ROOT = Path.cwd()
+# git without the variables that point it at another repository (cookiecutter may run inside
+# a git hook of another repository): the new project is committed, never that one.
+GIT_LOCATION_VARIABLES = ("GIT_DIR", "GIT_WORK_TREE", "GIT_INDEX_FILE", "GIT_OBJECT_DIRECTORY",
+                          "GIT_ALTERNATE_OBJECT_DIRECTORIES", "GIT_COMMON_DIR", "GIT_NAMESPACE", "GIT_PREFIX")
+GIT_ENV = {key: value for key, value in os.environ.items() if key not in GIT_LOCATION_VARIABLES}
+
+
+def _template_checkout():
+    """The local template directory this hook comes from. cookiecutter runs hooks with its own
+    working directory inside the template (its _repo_dir), and this hook is its direct child:
+    Linux names that directory exactly, whatever $PWD says."""
+    try:
+        running_from = Path(os.readlink(f"/proc/{os.getppid()}/cwd"))
+    except OSError:
+        return None
+    return running_from if (running_from / "hooks" / "post_gen_project.py").is_file() else None
 
 
 def _absolute(location):
-    """cookiecutter passes a local template path as typed; hooks run inside the new project,
-    so resolve it against the directory cookiecutter was started from ($PWD)."""
+    """cookiecutter passes a local template path as typed, relative to where it was started;
+    hooks run inside the new project, so resolve it: the template checkout itself when the
+    path is the one cookiecutter ran the hooks from, else against the shell's $PWD."""
     if not location or "://" in location or location.startswith(("gh:", "gl:", "bb:", "git@")):
         return location
     path = Path(location).expanduser()
     if not path.is_absolute():
-        path = Path(os.environ.get("PWD", ROOT)) / path
+        checkout = _template_checkout()
+        if location == CONTEXT.get("_repo_dir") and checkout is not None:
+            path = checkout
+        else:
+            path = Path(os.environ.get("PWD", ROOT)) / path
     return str(path.resolve())
 
 
@@ -52,7 +73,7 @@ def template_commit():
     if not TEMPLATE_DIR or not Path(TEMPLATE_DIR).is_dir() or not shutil.which("git"):
         return None
     result = subprocess.run(
-        ["git", "-C", TEMPLATE_DIR, "rev-parse", "HEAD"], capture_output=True, text=True, check=False
+        ["git", "-C", TEMPLATE_DIR, "rev-parse", "HEAD"], capture_output=True, text=True, check=False, env=GIT_ENV
     )
     return result.stdout.strip() if result.returncode == 0 else None
 
@@ -77,7 +98,7 @@ def initial_commit():
     if not shutil.which("git") or os.environ.get("MLOPS_TEMPLATE_NO_GIT"):
         return
     identity = []
-    probe = subprocess.run(["git", "config", "user.email"], capture_output=True, text=True, check=False)
+    probe = subprocess.run(["git", "config", "user.email"], capture_output=True, text=True, check=False, env=GIT_ENV)
     if not probe.stdout.strip():
         identity = ["-c", "user.name=mlops-template", "-c", "user.email=mlops-template@localhost"]
     for argv in (
@@ -85,7 +106,7 @@ def initial_commit():
         ["git", "add", "--all"],
         [*["git", *identity], "commit", "--quiet", "--no-verify", "-m", "Initial commit from the MLOps GitOps template"],
     ):
-        result = subprocess.run(argv, capture_output=True, text=True, check=False)
+        result = subprocess.run(argv, capture_output=True, text=True, check=False, env=GIT_ENV)
         if result.returncode != 0:
             print(f"warning: `{' '.join(argv)}` failed, the repository is left uncommitted: "
                   f"{result.stderr.strip()}", file=sys.stderr)

@@ -9,10 +9,10 @@ import re
 import sys
 
 ENVIRONMENTS = ("sandbox", "staging", "production")
-# The longest name derived from the project: "<project>-pipeline-runner" (ServiceAccount)
-# and "<project>-production" (namespace) must stay valid DNS-1123 labels (63 characters).
-LONGEST_SUFFIX = max(len("-pipeline-runner"), len("-production"), len("-features"))
-MAX_PROJECT = 63 - LONGEST_SUFFIX
+# Names derived from the project and their limits: DNS-1123 labels (63 characters) for the
+# ServiceAccount and the namespace; a CronJob name at most 52 (its Jobs append 11 characters).
+DERIVED_LIMITS = {"-pipeline-runner": 63, "-production": 63, "-features": 52}
+MAX_PROJECT = min(limit - len(suffix) for suffix, limit in DERIVED_LIMITS.items())
 KUBERNETES_RANGE = (25, 37)  # the schemas kubernetes-validate 1.37 ships
 PYTHON_RANGE = (11, 13)
 
@@ -44,7 +44,10 @@ def check_project(value):
     if not re.fullmatch(r"[a-z]([-a-z0-9]*[a-z0-9])?", value) or "--" in value:
         return "a DNS-1123 label: lowercase letters, digits and single '-', starting with a letter"
     if len(value) > MAX_PROJECT:
-        return f"at most {MAX_PROJECT} characters, so that '<project>-pipeline-runner' fits in 63"
+        return (
+            f"at most {MAX_PROJECT} characters, so that '<project>-features' (a CronJob, 52) and "
+            "'<project>-pipeline-runner' (63) fit Kubernetes' name limits"
+        )
 
 
 def check_package(value):

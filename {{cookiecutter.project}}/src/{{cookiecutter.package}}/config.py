@@ -15,6 +15,7 @@ ENVIRONMENTS = ("sandbox", "staging", "production")
 BACKENDS = ("local", "cluster")
 PROMOTIONS = ("transit", "retrain")
 BACKEND_OVERRIDE_VAR = "MLOPS_BACKEND"
+LOCAL_ROOT_VAR = "MLOPS_LOCAL_ROOT"
 
 
 class ConfigError(MlopsError):
@@ -115,7 +116,8 @@ def load(root: Path | None = None) -> Config:
     promotion = _require(raw, "promotion", "")
     if promotion not in PROMOTIONS:
         raise ConfigError(f"config/environments.yaml: promotion is {promotion!r}; expected transit or retrain")
-    local_root = root / raw.get("local_root", ".mlops")
+    # MLOPS_LOCAL_ROOT keeps local state elsewhere (act runs workflows in a copy of the tree).
+    local_root = Path(os.environ.get(LOCAL_ROOT_VAR) or root / raw.get("local_root", ".mlops"))
     override = os.environ.get(BACKEND_OVERRIDE_VAR, "").strip()
     if override and override not in BACKENDS:
         raise ConfigError(f"{BACKEND_OVERRIDE_VAR}={override!r}; expected local or cluster")

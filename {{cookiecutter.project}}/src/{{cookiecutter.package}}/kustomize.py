@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -17,6 +18,9 @@ import yaml
 from .errors import MlopsError
 
 KUSTOMIZE_VAR = "KUSTOMIZE"  # set to a binary path to force one
+KUSTOMIZATION_FILES = ("kustomization.yaml", "kustomization.yml", "Kustomization")  # kustomize accepts each
+# kubectl prefixes errors with a klog header (timestamp, pid) and wraps them: keep the message only.
+_KLOG = re.compile(r'^[EWIF]\d{4} [\d:.]+\s+\d+ \S+\] "command failed" err="(?P<msg>.*)"$', re.DOTALL)
 
 
 class KustomizeError(MlopsError):
@@ -44,11 +48,14 @@ def command() -> tuple[str, ...]:
 def render(directory: Path | str, timeout: float = 120) -> str:
     """Build one kustomization directory and return the YAML stream."""
     directory = Path(directory)
-    if not (directory / "kustomization.yaml").is_file():
+    if not has_kustomization(directory):
         raise KustomizeError(f"{directory} has no kustomization.yaml")
     result = subprocess.run([*command(), str(directory)], capture_output=True, text=True, timeout=timeout, check=False)
     if result.returncode != 0:
         message = result.stderr.strip() or result.stdout.strip() or f"exit code {result.returncode}"
+        klog = _KLOG.match(message)
+        if klog:
+            message = klog["msg"].replace('\\"', '"')
         raise KustomizeError(f"kustomize failed for {directory}: {message}")
     return result.stdout
 
@@ -58,7 +65,13 @@ def render_documents(directory: Path | str) -> list[dict]:
     return [doc for doc in yaml.safe_load_all(render(directory)) if doc]
 
 
+def has_kustomization(directory: Path) -> bool:
+    return any((directory / name).is_file() for name in KUSTOMIZATION_FILES)
+
+
 def overlay_dirs(root: Path) -> dict[str, Path]:
-    """Every overlay under deploy/overlays, by name."""
+    """Every overlay under deploy/overlays, by name (none when the folder does not exist)."""
     base = root / "deploy" / "overlays"
-    return {child.name: child for child in sorted(base.iterdir()) if (child / "kustomization.yaml").is_file()}
+    if not base.is_dir():
+        return {}
+    return {child.name: child for child in sorted(base.iterdir()) if has_kustomization(child)}

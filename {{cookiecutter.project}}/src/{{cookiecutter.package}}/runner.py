@@ -97,7 +97,10 @@ def _run_local(env: Environment, name: str, pipeline, **arguments):
 
 def run_features(env: Environment, test_fraction: float = 0.2, seed: int = 42) -> FeatureRun:
     """Run the feature pipeline and return where its snapshot is."""
-    _require_local(env)
+    if env.backend == "cluster":
+        from .cluster import kfp_api
+
+        return kfp_api.run_features(env, test_fraction=test_fraction, seed=seed)
     from .pipelines import feature_pipeline
 
     started = time.perf_counter()
@@ -116,7 +119,10 @@ def run_training(
     env: Environment, features_uri: str, c: float = 1.0, max_iter: int = 1000, seed: int = 42
 ) -> TrainingRun:
     """Run the training pipeline on a feature snapshot; returns the model and its metrics."""
-    _require_local(env)
+    if env.backend == "cluster":
+        from .cluster import kfp_api
+
+        return kfp_api.run_training(env, features_uri, c=c, max_iter=max_iter, seed=seed)
     from .pipelines import training_pipeline
 
     if not Path(features_uri).exists():
@@ -139,8 +145,3 @@ def _snapshot(features_uri: str) -> str:
     from .components.features import snapshot_digest
 
     return snapshot_digest(features_uri)
-
-
-def _require_local(env: Environment) -> None:
-    if env.backend != "local":
-        raise PipelineRunError(f"{env.name} uses the cluster backend; run it through the Kubeflow Pipelines API")

@@ -1,0 +1,104 @@
+"""Every generated file is fully rendered and well formed."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import tomllib
+
+import pytest
+import yaml
+from template_support import text_files
+
+# The only `{{` a generated file may hold: GitHub expressions `${{ ... }}` and Argo CD
+# ApplicationSet Go templates `{{ .name }}` (a dotted field path, nothing else).
+GITHUB_EXPRESSION = re.compile(r"\$\{\{.*?\}\}")
+GO_TEMPLATE_FIELD = re.compile(r"\{\{-?\s*\.[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*\s*-?\}\}")
+LEFTOVERS = ("{{", "{%", "cookiecutter.")
+
+
+def leftover_jinja(text: str) -> list[str]:
+    found = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        rest = GO_TEMPLATE_FIELD.sub("", GITHUB_EXPRESSION.sub("", line))
+        for marker in LEFTOVERS:
+            if marker in rest:
+                found.append(f"line {number}: {line.strip()}")
+                break
+    return found
+
+
+@pytest.mark.parametrize(
+    ("line", "clean"),
+    [
+        ("run: echo ${{ github.sha }}", True),
+        ("if: ${{ format('{0}-{1}', a, b) == 'x' }}", True),
+        ("name: '{{ .env }}-{{.path.basename}}'", True),
+        ("name: {{ cookiecutter.project }}", False),
+        ("{% if x %}", False),
+        ("name: '{{ index .path.segments 1 }}'", False),
+        ("name: {{ .env | upper }}", False),
+        ("see cookiecutter.json", False),
+        ("x: {{ env }}", False),
+    ],
+)
+def test_leftover_detector(line, clean):
+    """The whitelist admits exactly the two shapes and nothing around them."""
+    assert (leftover_jinja(line) == []) is clean
+
+
+def test_no_leftover_jinja(baked):
+    problems = {relative: found for relative, text in text_files(baked.path) if (found := leftover_jinja(text))}
+    assert not problems, f"{baked.name}: unrendered template syntax:\n" + json.dumps(problems, indent=2)
+
+
+def test_structured_files_parse(baked):
+    errors = []
+    counts = {"yaml": 0, "toml": 0, "json": 0}
+    for relative, text in text_files(baked.path):
+        try:
+            if relative.endswith((".yaml", ".yml")):
+                list(yaml.safe_load_all(text))
+                counts["yaml"] += 1
+            elif relative.endswith(".toml"):
+                tomllib.loads(text)
+                counts["toml"] += 1
+            elif relative.endswith(".json"):
+                json.loads(text)
+                counts["json"] += 1
+        except (yaml.YAMLError, tomllib.TOMLDecodeError, json.JSONDecodeError) as error:
+            errors.append(f"{relative}: {error}")
+    assert not errors, f"{baked.name}: files that do not parse:\n" + "\n".join(errors)
+    assert counts["yaml"] >= 10 and counts["toml"] >= 1 and counts["json"] >= 1, counts
+
+
+def test_python_files_compile(baked):
+    errors = []
+    sources = [(relative, text) for relative, text in text_files(baked.path) if relative.endswith(".py")]
+    for relative, text in sources:
+        try:
+            compile(text, relative, "exec", dont_inherit=True)
+        except SyntaxError as error:
+            errors.append(f"{relative}:{error.lineno}: {error.msg}")
+    assert sources, "no Python source generated"
+    assert not errors, f"{baked.name}: Python files that do not compile:\n" + "\n".join(errors)
+
+
+def test_makefile_is_resolved_and_every_target_is_documented(baked):
+    makefile = (baked.path / "Makefile").read_text()
+    assert not any(marker in makefile for marker in ("{{", "{%", "cookiecutter")), "unresolved placeholder"
+    assert f"-m {baked.answers['package']}.cli" in makefile
+    phony = sorted({t for line in re.findall(r"^\.PHONY:(.*)$", makefile, re.M) for t in line.split()})
+    assert {"bootstrap", "check", "test"} <= set(phony)
+    # GNU make parses the whole file and knows every declared target (dry run: nothing executes)
+    dry = subprocess.run(
+        ["make", "--dry-run", *phony], cwd=baked.path, capture_output=True, text=True, timeout=60, check=False
+    )
+    assert dry.returncode == 0, f"make --dry-run failed:\n{dry.stderr}"
+    helped = subprocess.run(
+        ["make", "--no-print-directory", "help"], cwd=baked.path, capture_output=True, text=True, check=True
+    )
+    listed = set(re.findall(r"make (\S+)", helped.stdout))
+    undocumented = [target for target in phony if target not in listed]
+    assert not undocumented, f"targets without a `## help` comment: {undocumented}"
