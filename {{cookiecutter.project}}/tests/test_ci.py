@@ -58,6 +58,7 @@ def test_push_to_main_runs_staging_for_code_and_production_for_a_promotion(repo)
     assert selected(repo, "push", "refs/heads/main", base) == ["staging.yml"]
     base = git(repo, "rev-parse", "HEAD")
     commit(repo, "deploy/overlays/production/model.yaml", "version: '2'\n", "Promote v2")
+    commit(repo, "deploy/overlays/staging/model.yaml", "version: '2'\n", "Promote v2 (staging reference)")
     assert selected(repo, "push", "refs/heads/main", base) == [production_file(repo)]
     assert selected(repo, "push", "refs/heads/sandbox/new-feature", base) == ["sandbox.yml"]
     assert selected(repo, "push", "refs/heads/feature/x", base) == []
@@ -112,13 +113,13 @@ def test_make_targets_are_read_from_run_steps(tmp_path):
     assert workflows.Workflow.load(path).make_targets() == ["ci-summary", "diff", "sync"]
 
 
-ACT_WORKFLOW = f"""name: probe
+ACT_WORKFLOW = """name: probe
 on:
   push:
     branches: [main]
-permissions: {{}}
+permissions: {}
 env:
-  MLOPS_BACKEND: ${{{{ vars.MLOPS_BACKEND || 'cluster' }}}}
+  MLOPS_BACKEND: $[[ vars.MLOPS_BACKEND || 'cluster' ]]
 jobs:
   probe:
     runs-on: ubuntu-latest
@@ -129,19 +130,23 @@ jobs:
       - uses: actions/checkout@3d3c42e5aac5ba805825da76410c181273ba90b1 # v7.0.1
         with:
           persist-credentials: false
-      - if: ${{{{ !env.ACT }}}}
-        uses: {SETUP_PYTHON} # v7.0.0
+      - if: $[[ !env.ACT ]]
+        uses: SETUP_PYTHON # v7.0.0
       - run: echo "backend=$MLOPS_BACKEND ref=$GITHUB_REF files=$(ls config)" > "$MLOPS_LOCAL_ROOT/probe.txt"
   after:
     needs: probe
     runs-on: ubuntu-latest
     timeout-minutes: 5
-    permissions: {{}}
+    permissions: {}
     steps:
       - run: test "$FAIL" != yes
         env:
-          FAIL: ${{{{ github.event.head_commit.message == 'fail' && 'yes' || 'no' }}}}
+          FAIL: $[[ github.event.head_commit.message == 'fail' && 'yes' || 'no' ]]
 """
+# GitHub expressions are spelled $[[ ]] here: this file is itself a (Jinja) template.
+ACT_WORKFLOW = (
+    ACT_WORKFLOW.replace("$[[", "$" + "{" * 2).replace("]]", "}" * 2).replace("SETUP_PYTHON", SETUP_PYTHON, 1)
+)
 
 
 def test_act_runs_a_workflow_offline_with_the_local_backend(repo):

@@ -8,6 +8,7 @@ import re
 import shutil
 
 import pytest
+import yaml
 
 from {{ cookiecutter.package }} import config
 from {{ cookiecutter.package }}.cluster import sync
@@ -149,10 +150,16 @@ def test_kubectl_apply_failure_names_environment_and_api_server(project_copy, mo
     server = f"https://127.0.0.1:{closed_port()}"
     kubeconfig = tmp_path / "kubeconfig"
     kubeconfig.write_text(
-        "apiVersion: v1\nkind: Config\ncurrent-context: test\n"
-        f"clusters: [{{name: test, cluster: {{server: '{server}', insecure-skip-tls-verify: true}}}}]\n"
-        "contexts: [{name: test, context: {cluster: test, user: test}}]\n"
-        "users: [{name: test, user: {token: test}}]\n"
+        yaml.safe_dump(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "current-context": "test",
+                "clusters": [{"name": "test", "cluster": {"server": server, "insecure-skip-tls-verify": True}}],
+                "contexts": [{"name": "test", "context": {"cluster": "test", "user": "test"}}],
+                "users": [{"name": "test", "user": {"token": "test"}}],
+            }
+        )
     )
     monkeypatch.setenv("KUBECONFIG", str(kubeconfig))
     monkeypatch.setenv("MLOPS_BACKEND", "cluster")

@@ -265,7 +265,9 @@ def test_documentation_and_files_outside_deploy_render_nothing(repo):
     report = repo.diff()
     assert report.overlays == [] and report.unaffected == ["production", "staging", "sandbox"]
     assert report.pipelines is None
-    assert "No overlay is affected" in overlays.to_markdown(report)
+    assert "No overlay is affected (no file a kustomization reads changed): production, staging, sandbox." in (
+        overlays.to_markdown(report)
+    )
 
 
 def test_kustomization_that_does_not_parse_renders_everything(repo):
@@ -312,7 +314,7 @@ def test_pipeline_change_reports_components_and_parameters(tmp_path):
     assert pipelines["features"].status == "unchanged"
     training = pipelines["training"]
     assert training.status == "changed"
-    assert training.parameters == ["`max_iter`: default `1000.0` → `500.0`"]
+    assert training.parameters == ["`max_iter`: default `1000` → `500`"]
     (train,) = training.components
     assert train.name == "train" and train.status == "changed"
     assert train.details[0] == "input `c` default `1.0` → `0.5`"
@@ -324,6 +326,14 @@ def test_pipeline_change_reports_components_and_parameters(tmp_path):
         and "Compiled identically (components and parameters): features" in markdown
     )
     assert "`train`: input `c` default `1.0` → `0.5`" in markdown
+
+    repo.edit(f"{PACKAGE}/components/ops.py", "def train(", "def train(:")
+    repo.commit("a syntax error")
+    report = repo.diff()
+    assert report.failed
+    (broken,) = report.pipelines
+    assert broken.status == "failed" and "SyntaxError" in broken.error and "ops.py" in broken.error
+    assert "does not compile at head" in overlays.to_markdown(report)
 
 
 def test_unknown_ref_is_one_clear_error(repo, monkeypatch, capsys):

@@ -1,5 +1,6 @@
 """The registry against both forms it takes: a SQLite file (local backend) and a real
-`mlflow server` on 127.0.0.1 (the form a cluster uses), with the same tests."""
+`mlflow server` on 127.0.0.1 (the form a cluster uses), with the same tests. The server starts
+once per module (pytest runs with --dist loadscope) and is always stopped."""
 
 import os
 import shutil
@@ -29,9 +30,9 @@ from {{ cookiecutter.package }}.registry import (
     lineage_tags,
 )
 
-# One server per worker: the server tests share an xdist group (pytest runs with --dist loadgroup).
-pytestmark = pytest.mark.xdist_group("mlflow_server")
 SERVER_START_TIMEOUT = 120
+# MLflow's own SQLAlchemy models use a loader strategy SQLAlchemy 2 deprecates: not ours to fix.
+pytestmark = pytest.mark.filterwarnings("ignore:The ``noload`` loader strategy:DeprecationWarning")
 
 
 def _free_port() -> int:
@@ -40,10 +41,22 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
+@pytest.fixture(scope="session")
+def blank_registry(tmp_path_factory):
+    """A freshly created SQLite registry, copied into each test: creating one runs MLflow's ~100
+    schema migrations (about a second), which test_a_new_sqlite_registry... covers once."""
+    root = tmp_path_factory.mktemp("blank-registry")
+    env = _server_env("staging", "unused", root)
+    env = Environment(**{**env.__dict__, "backend": "local"})
+    Registry(env, "unused")
+    return env.local_dir / "registry.db"
+
+
 @pytest.fixture(scope="module")
-def mlflow_server(tmp_path_factory):
+def mlflow_server(tmp_path_factory, blank_registry):
     """A real `mlflow server` with its own SQLite store and artifact folder, always stopped."""
     root = tmp_path_factory.mktemp("mlflow-server")
+    shutil.copyfile(blank_registry, root / "mlflow.db")  # already migrated: the server starts sooner
     port = _free_port()
     executable = Path(sys.executable).parent / "mlflow"
     env = dict(os.environ, MLFLOW_DISABLE_TELEMETRY="true", MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")
@@ -107,17 +120,6 @@ def _server_env(name: str, url: str, tmp_path: Path) -> Environment:
         auto_merge=False,
         local_dir=tmp_path / ".mlops" / name,
     )
-
-
-@pytest.fixture(scope="session")
-def blank_registry(tmp_path_factory):
-    """A freshly created SQLite registry, copied into each test: creating one runs MLflow's ~100
-    schema migrations (about a second), which test_a_new_sqlite_registry... covers once."""
-    root = tmp_path_factory.mktemp("blank-registry")
-    env = _server_env("staging", "unused", root)
-    env = Environment(**{**env.__dict__, "backend": "local"})
-    Registry(env, "unused")
-    return env.local_dir / "registry.db"
 
 
 @pytest.fixture(params=["sqlite", "server"])

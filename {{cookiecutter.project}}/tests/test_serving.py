@@ -1,11 +1,12 @@
-"""A real MLServer on 127.0.0.1 serving a real trained model. One endpoint is started per module
-(the tests share an xdist group so they run on one worker) and always stopped."""
+"""A real MLServer on 127.0.0.1 serving a real trained model. The endpoint is started once per
+module (pytest runs with --dist loadscope: a module stays on one worker) and always stopped."""
 
 import json
 import os
 import shutil
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +18,6 @@ from {{ cookiecutter.package }}.components.features import SPLIT, build_features
 from {{ cookiecutter.package }}.components.train import load_model, save_model, train_model
 from {{ cookiecutter.package }}.modelref import ModelRef, read_model_ref, write_model_ref
 
-pytestmark = pytest.mark.xdist_group("mlserver")
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -135,6 +135,16 @@ def test_a_new_model_switches_blue_green_and_smoke_checks_the_overlay(served):
     assert [p.name for p in (cfg.env("staging").local_dir / "serving").glob("server-*")] == [
         f"server-{new.url.rsplit(':', 1)[1]}"
     ]
+
+
+def test_concurrent_deploys_start_one_server(project):
+    cfg, stored, _ = project
+    serving.stop_all(cfg)
+    point_overlay(cfg, "staging", stored[0], "1")
+    with ThreadPoolExecutor(2) as pool:
+        first, second = pool.map(lambda _: serving.deploy_from_overlay(cfg, "staging"), range(2))
+    assert first == second  # the second waited for the first, then found it serving
+    assert len(list((cfg.env("staging").local_dir / "serving").glob("server-*"))) == 1
 
 
 def test_stop_and_stale_state(project):

@@ -737,63 +737,89 @@ def diff_overlay(name: str, base: Rendered, head: Rendered, because: list[str]) 
 
 # --- pipelines ------------------------------------------------------------------------------
 
+# One interpreter compiles both commits (kfp is imported once): the package is imported from
+# base's src/, compiled, dropped from sys.modules, then imported again from head's src/.
 _COMPILE = """
 import importlib, json, sys
 from pathlib import Path
-package, src, out = sys.argv[1], Path(sys.argv[2]).resolve(), Path(sys.argv[3])
-try:
-    module = importlib.import_module(package + ".pipelines")
-    if src not in Path(module.__file__).resolve().parents:
-        raise ImportError(f"{package}.pipelines does not exist at this commit")
-    from kfp import compiler
-    result = {}
-    for name, func in sorted(module.PIPELINES.items()):
-        try:
-            compiler.Compiler().compile(pipeline_func=func, package_path=str(out / f"{name}.yaml"))
-            result[name] = {"file": str(out / f"{name}.yaml")}
-        except Exception as exc:
-            result[name] = {"error": f"{type(exc).__name__}: {exc}"}
-    print(json.dumps({"pipelines": result}))
-except Exception as exc:
-    print(json.dumps({"error": f"{type(exc).__name__}: {exc}"}))
+package, results = sys.argv[1], {}
+from kfp import compiler
+for side, src, out in zip(*[iter(sys.argv[2:])] * 3):
+    src, out = Path(src).resolve(), Path(out)
+    for name in [m for m in sys.modules if m == package or m.startswith(package + ".")]:
+        del sys.modules[name]
+    sys.path.insert(0, str(src))
+    importlib.invalidate_caches()
+    try:
+        module = importlib.import_module(package + ".pipelines")
+        if src not in Path(module.__file__).resolve().parents:
+            raise ImportError(f"{package}.pipelines does not exist at this commit")
+        result = {}
+        for name, func in sorted(module.PIPELINES.items()):
+            try:
+                compiler.Compiler().compile(pipeline_func=func, package_path=str(out / f"{name}.yaml"))
+                result[name] = {"file": str(out / f"{name}.yaml")}
+            except Exception as exc:
+                result[name] = {"error": f"{type(exc).__name__}: {exc}"}
+        results[side] = {"pipelines": result}
+    except Exception as exc:
+        results[side] = {"error": f"{type(exc).__name__}: {exc}"}
+    sys.path.remove(str(src))
+print(json.dumps(results))
 """
 
 
-def _start_compile(tree: Tree) -> subprocess.Popen:
-    """Compile every pipeline of one commit with this venv's python, in the background."""
-    out = tree.root / ".compiled"
-    out.mkdir(exist_ok=True)
-    src = tree.root / "src"
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(src), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)}
-    env["PYTHONDONTWRITEBYTECODE"] = "1"
-    package = __package__.split(".")[0]
+def _start_compile(trees: dict[str, Tree]) -> subprocess.Popen:
+    """Compile every pipeline of both commits with this venv's python, in the background."""
+    args = []
+    for side, tree in trees.items():
+        out = tree.root / ".compiled"
+        out.mkdir(exist_ok=True)
+        args += [side, str(tree.root / "src"), str(out)]
     return subprocess.Popen(
-        [sys.executable, "-c", _COMPILE, package, str(src), str(out)],
-        cwd=tree.root,
-        env=env,
+        [sys.executable, "-c", _COMPILE, __package__.split(".")[0], *args],
+        cwd=next(iter(trees.values())).root.parent,
+        env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"},
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
     )
 
 
-def _compiled(proc: subprocess.Popen, root: Path) -> dict[str, dict | str]:
-    """name -> pipeline spec, or name -> error message; {"": error} when nothing compiled."""
+def _compiled(proc: subprocess.Popen, trees: dict[str, Tree]) -> dict[str, dict[str, dict | str]]:
+    """Per side: name -> pipeline spec, or name -> error message; {"": error} when nothing compiled."""
     stdout, stderr = proc.communicate()
-    lines = stdout.strip().splitlines()
     try:
-        result = json.loads(lines[-1])
+        results = json.loads(stdout.strip().splitlines()[-1])
     except (IndexError, json.JSONDecodeError):
-        return {"": (stderr.strip().splitlines() or ["the compiler crashed"])[-1]}
-    if "error" in result:
-        return {"": result["error"].replace(f"{root}{os.sep}", "")}
-    specs: dict[str, dict | str] = {}
-    for name, item in result["pipelines"].items():
-        if "error" in item:
-            specs[name] = item["error"].replace(f"{root}{os.sep}", "")
-        else:
-            specs[name] = yaml.load(Path(item["file"]).read_text(), Loader=_Loader)  # noqa: S506
+        message = (stderr.strip().splitlines() or ["the pipeline compiler crashed"])[-1]
+        return {side: {"": message} for side in trees}
+    specs: dict[str, dict[str, dict | str]] = {}
+    for side, result in results.items():
+        root = f"{trees[side].root}{os.sep}"
+        if "error" in result:
+            specs[side] = {"": result["error"].replace(root, "")}
+            continue
+        specs[side] = {}
+        for name, item in result["pipelines"].items():
+            if "error" in item:
+                specs[side][name] = item["error"].replace(root, "")
+            else:
+                specs[side][name] = _integers(yaml.load(Path(item["file"]).read_text(), Loader=_Loader))  # noqa: S506
     return specs
+
+
+def _integers(value: Any) -> Any:
+    """kfp writes integer defaults as floats (1000.0): show them as the integers they are."""
+    if isinstance(value, dict):
+        value = {k: _integers(v) for k, v in value.items()}
+        default = value.get("defaultValue")
+        if value.get("parameterType") == "NUMBER_INTEGER" and isinstance(default, float) and default.is_integer():
+            value["defaultValue"] = int(default)
+        return value
+    if isinstance(value, list):
+        return [_integers(v) for v in value]
+    return value
 
 
 def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
@@ -940,7 +966,7 @@ def _pretty_component_line(line: str) -> str:
 def diff_pipelines(base: dict[str, dict | str], head: dict[str, dict | str]) -> list[PipelineDiff]:
     diffs = []
     if "" in head:
-        return [PipelineDiff("(all)", "failed", error=str(head[""]))]
+        return [PipelineDiff("pipelines module", "failed", error=str(head[""]))]
     base_error = str(base[""]) if "" in base else None
     for name in sorted(set(base) | set(head) - {""}):
         old, new = base.get(name), head.get(name)
@@ -993,13 +1019,13 @@ def diff_refs(repo: Path | str, base_ref: str, head_ref: str = "HEAD", workers: 
         commits = dict(zip(SIDES, (base, head), strict=True))
         parsed: dict = {}
         trees = {side: Tree(Path(top), commit, prefix, Path(tmp) / side, parsed) for side, commit in commits.items()}
-        compiling: dict[str, subprocess.Popen] = {}
+        compiling: subprocess.Popen | None = None
         try:
             if any(p.startswith(PIPELINE_INPUTS) for p in paths):  # compile while the overlays render
-                for side, tree in trees.items():
+                for tree in trees.values():
                     tree.list(PIPELINE_FILES)
                     tree.extract(PIPELINE_FILES)
-                    compiling[side] = _start_compile(tree)
+                compiling = _start_compile(trees)
             affected = affected_overlays(trees["base"], trees["head"], changes)
             for tree, walker in zip(trees.values(), affected.walkers, strict=True):
                 needed = needed_files(walker, affected.overlays)
@@ -1017,13 +1043,12 @@ def diff_refs(repo: Path | str, base_ref: str, head_ref: str = "HEAD", workers: 
             ]
             report.unaffected, report.everything = affected.unaffected, affected.everything
             if compiling:
-                specs = {side: _compiled(proc, trees[side].root) for side, proc in compiling.items()}
+                specs = _compiled(compiling, trees)
                 report.pipelines = diff_pipelines(specs["base"], specs["head"])
         finally:
-            for proc in compiling.values():  # interrupted: no compiler outlives its temporary folder
-                if proc.poll() is None:
-                    proc.kill()
-                    proc.wait()
+            if compiling and compiling.poll() is None:  # interrupted: the compiler dies with its folder
+                compiling.kill()
+                compiling.wait()
     return report
 
 
@@ -1186,7 +1211,9 @@ def _pipeline_section(p: PipelineDiff) -> _Section | None:
     for c in p.components:
         title = f"**{c.status}** component `{c.name}`" + "".join(f"\n- {line}" for line in c.details)
         blocks.append(_Block(title, c.code_diff, f"component `{c.name}`"))
-    summary = f"❌ <b>{p.name}</b> pipeline" if p.status == "failed" else f"<b>{p.name}</b> pipeline: {p.status}"
+    summary = f"<b>{p.name}</b> pipeline: {p.status}"
+    if p.status == "failed":
+        summary = f"❌ <b>{p.name}</b>: does not compile at head"
     return _Section(summary, intro, blocks, f"{p.name} pipeline", open=p.status == "failed")
 
 
@@ -1200,7 +1227,8 @@ def _names(names: list[str], limit: int = 20) -> str:
 
 
 def _header(report: DiffReport) -> str:
-    title = f"### Overlay diff `{report.base[:7]}` → `{report.head[:7]}`\n\n"
+    what = "Overlay and pipeline diff" if report.pipelines is not None else "Overlay diff"
+    title = f"### {what} `{report.base[:7]}` → `{report.head[:7]}`\n\n"
     if not report.changes:
         return title + "No file changed between these commits.\n"
     parts = [title]
@@ -1214,9 +1242,13 @@ def _header(report: DiffReport) -> str:
         columns = ["overlay", "added", "removed", "changed", "headline"]
         parts.append(table([_overlay_row(o) for o in report.overlays], columns))
         parts.append("\n\n")
+    elif report.unaffected:
+        parts.append(
+            f"No overlay is affected (no file a kustomization reads changed): {_names(report.unaffected)}.\n\n"
+        )
     else:
-        parts.append("No overlay is affected: no file that a kustomization reads changed.\n\n")
-    if report.unaffected:
+        parts.append("This repository has no overlay at either commit.\n\n")
+    if report.overlays and report.unaffected:
         parts.append(f"Not affected, not rendered: {_names(report.unaffected)}.\n\n")
     return "".join(parts)
 

@@ -154,18 +154,32 @@ class Registry:
         location inside the environment's store (MLflow would default to ./mlruns of the
         working directory, shared by every environment)."""
         from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+        from sqlalchemy import event
+        from sqlalchemy.engine import Engine
+
+        def no_sync(connection, _record) -> None:
+            # ~300 DDL statements, each a transaction: without an fsync each they run 3-4x
+            # faster. Safe: the file is built under a temp name, fsynced once, then linked.
+            cursor = connection.cursor()
+            cursor.execute("PRAGMA synchronous=OFF")
+            cursor.execute("PRAGMA journal_mode=MEMORY")
+            cursor.close()
 
         started = time.perf_counter()
         database.parent.mkdir(parents=True, exist_ok=True)
         artifacts = Path(self.env.artifact_root) / "mlflow"
         partial = database.with_name(f".{database.name}.{os.getpid()}.partial")
         partial.unlink(missing_ok=True)
+        event.listen(Engine, "connect", no_sync)
         try:
             store = SqlAlchemyStore(f"sqlite:///{partial}", artifacts.as_uri())
             store.engine.dispose()
+            with open(partial, "rb") as handle:
+                os.fsync(handle.fileno())
             with contextlib.suppress(FileExistsError):  # never replace a registry another process just made
                 os.link(partial, database)
         finally:
+            event.remove(Engine, "connect", no_sync)
             partial.unlink(missing_ok=True)
         self.calls.append(("create_registry", time.perf_counter() - started))
 
@@ -314,7 +328,7 @@ class Registry:
             tags={TAG_DIGEST: stored.digest, "mlflow.runName": f"register-{stored.digest[7:19]}"},
         )
         self._call("log_artifacts", run.info.run_id, str(local), "model")
-        self._call("set_terminated", run.info.run_id)
+        self._call("update_run", run.info.run_id, status="FINISHED")  # set_terminated prints URLs to stdout
         source = f"{run.info.artifact_uri.rstrip('/')}/model"
         return self._call(
             "create_model_version",

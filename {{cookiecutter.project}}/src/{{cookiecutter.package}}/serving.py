@@ -13,6 +13,8 @@ working endpoint. Cluster endpoints are KServe InferenceServices synced from the
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import math
 import os
@@ -21,6 +23,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -95,7 +98,10 @@ class LocalEndpoint:
         if state is None:
             return None
         if not _alive(state["pid"], state["server_dir"]):
-            self._forget(state)
+            with _locked(self.dir):  # a concurrent deploy may be writing a new state meanwhile
+                again = self._read_state()
+                if again is not None and again.get("pid") == state["pid"]:
+                    self._forget(state)
             return None
         return _status_from_state(state)
 
@@ -117,30 +123,34 @@ class LocalEndpoint:
         model_dir = Path(model_dir).resolve()
         if not (model_dir / MODEL_FILE).is_file():
             raise ServingError(f"{model_dir} holds no {MODEL_FILE}; expected a model directory saved by train")
-        current = self.status()
-        if (
-            current is not None
-            and (current.model_name, current.version, current.digest, current.model_dir)
-            == (self.model_name, str(version), digest, str(model_dir))
-            and self.ready(current)
-        ):
-            return current
-        started = self._start(model_dir, str(version), digest, timeout)
-        if current is not None:  # blue/green: the old server stops only once the new one is ready
-            self._stop_server(current.pid, Path(self.dir / f"{SERVER_DIR_PREFIX}{_port(current.url)}"))
-        return started
+        with _locked(self.dir):  # one deploy or stop per environment at a time
+            current = self.status()
+            if (
+                current is not None
+                and (current.model_name, current.version, current.digest, current.model_dir)
+                == (self.model_name, str(version), digest, str(model_dir))
+                and self.ready(current)
+            ):
+                return current
+            started = self._start(model_dir, str(version), digest, timeout)
+            if current is not None:  # blue/green: the old server stops only once the new one is ready
+                self._stop_server(current.pid, self.dir / f"{SERVER_DIR_PREFIX}{_port(current.url)}")
+            return started
 
     def stop(self) -> bool:
         """Stop the endpoint; True when a server was running."""
-        state = self._read_state()
-        if state is None:
-            self._remove_orphan_server_dirs()
+        if not self.dir.is_dir():
             return False
-        running = _alive(state["pid"], state["server_dir"])
-        if running:
-            self._stop_server(state["pid"], Path(state["server_dir"]))
-        self._forget(state)
-        return running
+        with _locked(self.dir):
+            state = self._read_state()
+            if state is None:
+                self._remove_orphan_server_dirs()
+                return False
+            running = _alive(state["pid"], state["server_dir"])
+            if running:
+                self._stop_server(state["pid"], Path(state["server_dir"]))
+            self._forget(state)
+            return running
 
     # internals ----------------------------------------------------------------------------
 
@@ -309,6 +319,28 @@ def _port(url: str) -> int:
 
 
 # --- processes ----------------------------------------------------------------------------
+
+_HELD = threading.local()  # the serving folders this thread holds the lock of
+
+
+@contextlib.contextmanager
+def _locked(folder: Path):
+    """An exclusive lock on an environment's serving folder, across processes and threads
+    (re-entrant within a thread: deploy calls status, which may clean up under the lock)."""
+    held = _HELD.__dict__.setdefault("folders", set())
+    key = str(folder)
+    if key in held:
+        yield
+        return
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / ".lock", "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        held.add(key)
+        try:
+            yield
+        finally:
+            held.discard(key)
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _mlserver_executable() -> str:

@@ -195,7 +195,12 @@ def _git(root: Path, *args: str) -> str:
     return result.stdout.strip()
 
 
+NULL_SHA = "0" * 40  # GitHub's `before` for a push that created the branch
+
+
 def changed_files(root: Path, base: str, head: str = "HEAD") -> list[str]:
+    if base == NULL_SHA:
+        return [line for line in _git(root, "ls-tree", "-r", "--name-only", head).splitlines() if line]
     return [line for line in _git(root, "diff", "--name-only", base, head).splitlines() if line]
 
 
@@ -214,7 +219,8 @@ def event_payload(root: Path, event: str, ref: str, base: str | None, inputs: di
         }
         return {"action": "synchronize", "number": 1, "pull_request": pull, "repository": repository}
     if event == "push":
-        before = base or _git(root, "rev-parse", "HEAD~1")
+        parent = subprocess.run(["git", "rev-parse", "--verify", "--quiet", "HEAD~1"], cwd=root, capture_output=True)
+        before = base or parent.stdout.decode().strip() or NULL_SHA
         message = _git(root, "log", "-1", "--format=%s")
         return {
             "ref": ref,
@@ -352,6 +358,7 @@ def run_act(
     env.pop("MLOPS_BACKEND", None)  # the workflow decides (vars.MLOPS_BACKEND=local)
     started = time.perf_counter()
     jobs: dict[str, JobResult] = {job: JobResult(workflow.path.name, job) for job in workflow.jobs}
+    names = {str((spec or {}).get("name", job_id)): job_id for job_id, spec in workflow.jobs.items()}
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "w") as sink:
         process = subprocess.Popen(
@@ -363,11 +370,13 @@ def run_act(
             sink.write(line)
             match = JOB_LINE.match(line.strip())
             if match:
-                job = jobs.setdefault(match["job"], JobResult(workflow.path.name, match["job"]))
+                # act labels a job by its `name:` (padded to a common width), else by its id
+                job_id = names.get(match["job"].strip(), match["job"].strip())
+                job = jobs.setdefault(job_id, JobResult(workflow.path.name, job_id))
                 job.result = match["result"]
                 job.seconds = round(time.perf_counter() - started, 1)
                 if progress:
-                    progress(f"{workflow.path.name}: job {match['job']} {match['result']}")
+                    progress(f"{workflow.path.name}: job {job_id} {match['result']}")
             elif progress and "⭐ Run Main" in line:
                 progress(line.strip().replace("⭐ Run Main ", ""))
             if time.monotonic() > deadline:

@@ -1,0 +1,198 @@
+"""The generated repositories' .github/ and this template's own: zero findings from zizmor
+(offline), actionlint (with shellcheck) and the GitHub JSON schemas for every variant; and,
+marked deep, the generated workflows run with act for a pull request, a push to main
+(staging), the promotion merge (production) and a rollback."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from template_support import PROJECT_TEMPLATE, ROOT, VARIANTS
+
+BIN = Path(sys.executable).parent
+LINTERS = ("zizmor", "actionlint", "shellcheck", "check-jsonschema")
+
+
+def tool(name: str) -> str:
+    path = BIN / name
+    if not path.exists():
+        pytest.fail(f"{name} is missing from the template venv: `make venv` installs requirements-dev.txt")
+    return str(path)
+
+
+def lint(root: Path) -> dict[str, list[str]]:
+    """Findings per linter for the workflows (and dependabot.yml) under `root`/.github."""
+    workflows = sorted(str(p.relative_to(root)) for p in (root / ".github" / "workflows").glob("*.y*ml"))
+    dependabot = [p for p in (".github/dependabot.yml",) if (root / p).exists()]
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "NO_COLOR": "1"}
+
+    def run(*argv: str) -> subprocess.CompletedProcess:
+        return subprocess.run(argv, cwd=root, env=env, capture_output=True, text=True, timeout=300, check=False)
+
+    found: dict[str, list[str]] = {}
+    zizmor = run(tool("zizmor"), "--offline", "--no-progress", "--strict-collection", "--format", "json",
+                 *workflows, *dependabot)
+    try:
+        reported = json.loads(zizmor.stdout)
+        found["zizmor"] = [f"{item['ident']}: {item['desc']}" for item in reported if not item.get("ignored")]
+    except ValueError:
+        found["zizmor"] = [f"zizmor exited {zizmor.returncode}: {zizmor.stderr.strip()[:400]}"]
+    tool("shellcheck")  # on PATH: actionlint checks every run: script with it
+    actionlint = run(tool("actionlint"), "-no-color", "-oneline", *workflows)
+    found["actionlint"] = actionlint.stdout.splitlines() or ([actionlint.stderr] if actionlint.returncode else [])
+    schemas = run(tool("check-jsonschema"), "--builtin-schema", "vendor.github-workflows", *workflows)
+    found["schema"] = [] if schemas.returncode == 0 else [schemas.stdout.strip()]
+    if dependabot:
+        checked = run(tool("check-jsonschema"), "--builtin-schema", "vendor.dependabot", *dependabot)
+        found["schema"] += [] if checked.returncode == 0 else [checked.stdout.strip()]
+    return found
+
+
+NO_FINDINGS = {"zizmor": [], "actionlint": [], "schema": []}
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_generated_github_folder_has_zero_findings(variant, baked_variants):
+    project = baked_variants(variant).path
+    assert lint(project) == NO_FINDINGS
+    names = sorted(p.name for p in (project / ".github" / "workflows").glob("*.yml"))
+    promotion = VARIANTS[variant]["promotion"]
+    assert names == sorted(["pull-request.yml", "sandbox.yml", "staging.yml", f"production-{promotion}.yml"])
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_workflows_are_copied_verbatim(variant, baked_variants):
+    """Workflows are not rendered (_copy_without_render): GitHub's own expressions survive."""
+    project = baked_variants(variant).path
+    for path in (project / ".github" / "workflows").glob("*.yml"):
+        assert path.read_bytes() == (PROJECT_TEMPLATE / ".github" / "workflows" / path.name).read_bytes()
+
+
+def test_codeowners_names_the_release_owners(baked_variants):
+    baked = baked_variants("custom-retrain-argocd")
+    owners = (baked.path / ".github" / "CODEOWNERS").read_text()
+    assert f"/deploy/overlays/production/ {baked.answers['release_owners']}" in owners
+
+
+def test_template_ci_has_zero_findings():
+    assert lint(ROOT) == NO_FINDINGS
+
+
+def test_linters_are_not_silent(tmp_path):
+    """The same lint() finds what the rules forbid, so zero findings above means something."""
+    (tmp_path / ".github" / "workflows").mkdir(parents=True)
+    (tmp_path / ".github" / "workflows" / "bad.yml").write_text(
+        "on: pull_request_target\njobs:\n  bad:\n    runs-on: ubuntu-latest\n    steps:\n"
+        "      - uses: actions/checkout@v4\n"
+        '      - run: echo "${{ github.event.pull_request.title }}" $X\n'
+    )
+    found = lint(tmp_path)
+    assert {"dangerous-triggers", "template-injection", "unpinned-uses"} <= {f.split(":")[0] for f in found["zizmor"]}
+    assert any("SC2086" in line for line in found["actionlint"])
+    (tmp_path / ".github" / "workflows" / "bad.yml").write_text("on: push\njobs:\n  bad:\n    timeout-minutes: x\n")
+    assert lint(tmp_path)["schema"]
+
+
+# --- deep: the workflows themselves, run with act on a generated repository ---------------------
+
+STEP_TIMEOUT = 1500
+
+
+def project_env(project: Path) -> dict[str, str]:
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if not key.startswith(("PYTEST_", "MAKE", "MFLAGS", "VIRTUAL_ENV", "COV_CORE_", "MLOPS_", "GITHUB_"))
+    }
+    env.update(MLFLOW_DISABLE_TELEMETRY="true", PYTEST_XDIST_AUTO_NUM_WORKERS="1")
+    return env
+
+
+def make(project: Path, *args: str) -> str:
+    started = time.monotonic()
+    result = subprocess.run(
+        ["make", *args], cwd=project, env=project_env(project), stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT, text=True, timeout=STEP_TIMEOUT, check=False,
+    )
+    print(f"make {' '.join(args)}: {time.monotonic() - started:.0f}s")
+    if result.returncode != 0:
+        logs = "\n".join(
+            f"--- {log.name} (tail)\n" + "\n".join(log.read_text(errors="replace").splitlines()[-60:])
+            for log in sorted((project / "build" / "ci").glob("*.log"))
+        )
+        pytest.fail(f"`make {' '.join(args)}` exited {result.returncode}:\n{result.stdout[-4000:]}\n{logs}")
+    return result.stdout
+
+
+def git(project: Path, *args: str) -> str:
+    return subprocess.run(["git", *args], cwd=project, capture_output=True, text=True, check=True).stdout.strip()
+
+
+def job_rows(output: str) -> dict[str, str]:
+    """`| workflow | job | result | seconds |` rows of `make ci` -> {workflow/job: result}."""
+    rows = {}
+    for line in output.splitlines():
+        cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
+        if len(cells) == 4 and cells[0].endswith(".yml"):
+            rows[f"{cells[0]}/{cells[1]}"] = cells[2]
+    return rows
+
+
+def open_pulls(project: Path) -> list[dict]:
+    record = project / ".mlops" / "pulls.json"
+    pulls = json.loads(record.read_text())["pulls"] if record.exists() else []
+    return [pr for pr in pulls if pr["state"] == "open"]
+
+
+@pytest.mark.deep
+@pytest.mark.parametrize(
+    "answers",
+    [
+        pytest.param({"promotion": "transit", "argocd": "yes"}, id="transit", marks=pytest.mark.xdist_group("act-t")),
+        pytest.param({"promotion": "retrain", "argocd": "no"}, id="retrain", marks=pytest.mark.xdist_group("act-r")),
+    ],
+)
+def test_workflows_run_with_act_through_a_whole_promotion(answers, make_project):
+    project = make_project(**answers)
+    production = f"production-{answers['promotion']}.yml"
+    make(project, "bootstrap")
+    try:
+        # 1. A pull request: checks, overlay diff and job summary (the PR comment is skipped offline).
+        git(project, "checkout", "-qb", "feature/docs")
+        (project / "docs" / "team.md").write_text("# Team notes\n")
+        git(project, "add", "docs/team.md")
+        git(project, "-c", "user.name=dev", "-c", "user.email=dev@example.com", "commit", "-qm", "Team notes")
+        rows = job_rows(make(project, "ci", "EVENT=pull_request"))
+        assert rows == {"pull-request.yml/checks": "succeeded", "pull-request.yml/diff": "succeeded"}
+        assert (project / "build" / "ci" / "pull_request.json").is_file()
+
+        # 2. The merge to main: staging trains, deploys, gates and opens the promotion PR.
+        git(project, "checkout", "-q", "main")
+        git(project, "merge", "-q", "--ff-only", "feature/docs")
+        rows = job_rows(make(project, "ci", "EVENT=push"))
+        assert rows == {"staging.yml/image": "succeeded", "staging.yml/staging": "succeeded"}
+        promotion = [pr for pr in open_pulls(project) if "deploy/overlays/production/model.yaml" in pr["files"]]
+        assert len(promotion) == 1, open_pulls(project)
+
+        # 3. The promotion merge: the push touches only the production overlay -> production runs.
+        make(project, "merge", f"PR={promotion[0]['number']}")
+        rows = job_rows(make(project, "ci", "EVENT=push"))
+        assert rows[f"{production}/production"] == "succeeded" and "staging.yml/staging" not in rows
+        assert "version: none" not in (project / "deploy/overlays/production/model.yaml").read_text()
+
+        # 4. Rollback (manual dispatch): a revert PR of model.yaml is opened.
+        before = {pr["number"] for pr in open_pulls(project)}
+        rows = job_rows(make(project, "ci", "EVENT=workflow_dispatch", "WORKFLOW=production", "INPUTS=action=rollback"))
+        assert rows[f"{production}/rollback"] == "succeeded"
+        reverts = [pr for pr in open_pulls(project) if pr["number"] not in before]
+        assert len(reverts) == 1 and reverts[0]["files"] == ["deploy/overlays/production/model.yaml"]
+    finally:
+        subprocess.run(["make", "stop"], cwd=project, env=project_env(project), capture_output=True, check=False)
+    shutil.rmtree(project)  # a failing run keeps the tree and build/ci/*.log for inspection
