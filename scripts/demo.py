@@ -1,13 +1,17 @@
-"""`make demo`: generate a project per promotion pattern and run its whole life locally.
+"""`make demo`: generate a project per promotion pattern and run the whole life of a model locally.
 
-For each pattern (transit, retrain) this generates a project with the defaults into
+For each pattern (transit, retrain) this generates a project with the default answers into
 `build/demo/<pattern>/`, bootstraps it, runs its checks, then the lifecycle through the
-project's own make targets: a sandbox run, staging, the promotion PR, its merge,
-production, a prediction from the production endpoint, a second promotion and a rollback.
-It prints a table per phase, stops every server it started (also on failure or Ctrl-C),
-and writes `build/demo/summary.json`.
+project's own CLI (each command is what one `make` target runs): a sandbox run, staging (train,
+register, test endpoint, smoke test, gates, promotion PR), the merge of the promotion PR,
+production (transit: copy; retrain: retrain, then merge the deployment PR), a prediction from the
+production endpoint over HTTP, a second promotion, and a rollback to the first model (revert PR,
+merge, production reconcile).
 
-Standard library only, plus cookiecutter and pyyaml from the template's venv.
+It prints a table per phase with timings, stops every server it started (also on failure or
+Ctrl-C), and writes `build/demo/summary.json`. Running it again replaces the previous demo (its
+virtualenv is kept, so reruns skip most of the install). Standard library only, plus
+cookiecutter from the template's venv.
 """
 
 from __future__ import annotations
@@ -20,16 +24,30 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+import urllib.request
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 TEMPLATE = Path(__file__).resolve().parents[1]
 PATTERNS = ("transit", "retrain")
-MARKER = ".mlops-demo"  # written into the output folder: only a folder we made is ever replaced
+MARKER = ".mlops-demo"  # written into the output folder: only a folder the demo made is ever replaced
+SECOND_CANDIDATE_C = "0.5"  # a second model (other regularisation) that passes the gates
+# Phases whose time the overhead ratio compares with the time spent inside training, registry
+# calls and server start-up (setup phases — generate, bootstrap, check — are excluded).
+LIFECYCLE_PHASES = (
+    "sandbox",
+    "staging",
+    "promotion PR",
+    "merge",
+    "production",
+    "predict",
+    "second promotion",
+    "rollback",
+)
 
 
 class DemoError(Exception):
-    """A phase failed; the message names the phase, the command and where its log is."""
+    """A phase failed; the message names the pattern, the phase, the command and the log."""
 
 
 @dataclass
@@ -38,48 +56,62 @@ class Phase:
     command: str
     seconds: float
     result: str
+    inner: dict[str, float] = field(default_factory=dict)  # training / registry / serving seconds
 
 
 @dataclass
 class Story:
     pattern: str
-    project: Path
+    out: Path
     log: Path
+    project: Path | None = None
+    package: str = ""
     phases: list[Phase] = field(default_factory=list)
     summary: dict = field(default_factory=dict)
 
-    def run(self, phase: str, argv: list[str], capture_json: bool = False, check: bool = True) -> tuple[str, float]:
-        """Run one command in the project, its output appended to the pattern's log."""
+    # --- running commands ------------------------------------------------------------------
+
+    def run(self, phase: str, argv: list[str]) -> tuple[str, float]:
+        """Run a command in the project; stdout is returned, everything is appended to the log."""
         started = time.perf_counter()
         with open(self.log, "a") as log:
             log.write(f"\n$ {' '.join(argv)}\n")
             log.flush()
             result = subprocess.run(
-                argv,
-                cwd=self.project,
-                stdout=subprocess.PIPE if capture_json else log,
-                stderr=log,
-                text=True,
-                env=_child_env(),
-                check=False,
+                argv, cwd=self.project, stdout=subprocess.PIPE, stderr=log, text=True, env=child_env(), check=False
             )
-            if capture_json and result.stdout:
-                log.write(result.stdout)
+            log.write(result.stdout)
         seconds = time.perf_counter() - started
-        if check and result.returncode != 0:
+        if result.returncode != 0:
             raise DemoError(
                 f"{self.pattern}: phase {phase!r} failed: `{' '.join(argv)}` exited {result.returncode} "
-                f"(log: {self.log})"
+                f"(full output: {self.log})"
             )
-        return (result.stdout or "") if capture_json else "", seconds
+        return result.stdout, seconds
 
-    def record(self, name: str, command: str, seconds: float, result: str) -> None:
-        self.phases.append(Phase(name, command, round(seconds, 2), result))
-        print(f"  {name:<22} {seconds:6.1f}s  {result}", flush=True)
+    def cli(self, phase: str, *args: str) -> tuple[dict | list, float]:
+        """One CLI command with --json (what the make target of the same name runs)."""
+        python = str(self.project / ".venv" / "bin" / "python")
+        out, seconds = self.run(phase, [python, "-m", f"{self.package}.cli", *args, "--json"])
+        return json.loads(out), seconds
+
+    def make(self, phase: str, target: str) -> float:
+        return self.run(phase, ["make", target])[1]
+
+    def record(self, name: str, command: str, seconds: float, result: str, *reports: dict) -> None:
+        inner = {key: 0.0 for key in ("training", "registry", "serving")}
+        for report in reports:
+            for key in inner:
+                inner[key] += float(report.get("timings", {}).get(key, 0.0))
+        phase = Phase(name, command, round(seconds, 2), result, {k: round(v, 3) for k, v in inner.items()})
+        self.phases.append(phase)
+        print(f"  {self.pattern:<8} {name:<17} {seconds:6.1f}s  {result}", flush=True)
 
 
-def _child_env() -> dict[str, str]:
-    env = {key: value for key, value in os.environ.items() if key not in ("VIRTUAL_ENV", "MAKEFLAGS", "MAKELEVEL")}
+def child_env() -> dict[str, str]:
+    env = {key: value for key, value in os.environ.items() if not key.startswith(("VIRTUAL_ENV", "MAKE", "MFLAGS"))}
+    for key in ("MLOPS_FAULT", "MLOPS_LOCAL_ROOT", "MLOPS_PULL_REQUESTS"):
+        env.pop(key, None)
     env.update(MLFLOW_DISABLE_TELEMETRY="true", MLOPS_BACKEND="local", PYTHONUNBUFFERED="1")
     return env
 
@@ -95,21 +127,28 @@ def prepare_out(out: Path) -> None:
     (out / MARKER).write_text("made by scripts/demo.py; safe to delete\n")
 
 
-def generate(pattern: str, out: Path) -> Path:
-    """A fresh project from the template; a previous demo's venv is kept so reruns are quick."""
+def generate(story: Story) -> Path:
+    """A fresh project; a previous demo's venv is moved aside and back so reruns install little."""
     from cookiecutter.main import cookiecutter
 
-    target = out / pattern
-    previous = target / "churn-classifier"
-    kept_venv = out / f".venv-{pattern}"
-    if previous.exists():
-        stop_servers(previous)
-        if (previous / ".venv").is_dir() and not kept_venv.exists():
-            (previous / ".venv").rename(kept_venv)
+    target = story.out / story.pattern
+    kept_venv = story.out / f".venv-{story.pattern}"
+    for previous in target.glob("*/.cruft.json"):
+        stop_servers(previous.parent)
+        if (previous.parent / ".venv").is_dir() and not kept_venv.exists():
+            (previous.parent / ".venv").rename(kept_venv)
+    if target.exists():
         shutil.rmtree(target)
     target.mkdir(parents=True)
     project = Path(
-        cookiecutter(str(TEMPLATE), no_input=True, output_dir=str(target), extra_context={"promotion": pattern})
+        cookiecutter(
+            str(TEMPLATE),
+            no_input=True,
+            output_dir=str(target),
+            extra_context={"promotion": story.pattern},
+            # The template's defaults, whatever ~/.cookiecutterrc says (COOKIECUTTER_CONFIG still wins).
+            default_config=not os.environ.get("COOKIECUTTER_CONFIG"),
+        )
     )
     if kept_venv.is_dir():
         # Its editable install points at this same path; `make bootstrap` re-syncs the pins.
@@ -117,60 +156,245 @@ def generate(pattern: str, out: Path) -> Path:
     return project
 
 
+def package_of(project: Path) -> str:
+    return json.loads((project / ".cruft.json").read_text())["context"]["cookiecutter"]["package"]
+
+
 def stop_servers(project: Path) -> None:
-    """Stop every endpoint a project may still run (a previous demo that was killed)."""
+    """Stop every endpoint a project runs (the project's `make stop`); quiet when none runs."""
     python = project / ".venv" / "bin" / "python"
     if not python.exists() or not (project / ".mlops").exists():
         return
-    package = json.loads((project / ".cruft.json").read_text())["context"]["cookiecutter"]["package"]
-    probe = subprocess.run(
-        [str(python), "-m", f"{package}.cli", "--help"], cwd=project, capture_output=True, text=True, check=False
+    subprocess.run(
+        [str(python), "-m", f"{package_of(project)}.cli", "stop"],
+        cwd=project,
+        capture_output=True,
+        env=child_env(),
+        check=False,
+        timeout=120,
     )
-    if " stop" in probe.stdout:
-        subprocess.run(
-            [str(python), "-m", f"{package}.cli", "stop"],
-            cwd=project,
-            capture_output=True,
-            env=_child_env(),
-            check=False,
-            timeout=60,
-        )
 
 
 # --- the story -------------------------------------------------------------------------------
 
 
-def cli(story: Story) -> list[str]:
-    package = json.loads((story.project / ".cruft.json").read_text())["context"]["cookiecutter"]["package"]
-    return [str(story.project / ".venv" / "bin" / "python"), "-m", f"{package}.cli"]
+def model_fields(report: dict) -> dict:
+    model = report.get("model") or {}
+    return {key: model.get(key) for key in ("env", "name", "version", "digest", "storage_uri", "metrics")}
 
 
-def run_story(pattern: str, out: Path) -> Story:
-    log = out / f"{pattern}.log"
-    log.write_text("")
-    print(f"\n## {pattern}\n", flush=True)
-    started = time.perf_counter()
-    project = generate(pattern, out)
-    story = Story(pattern, project, log)
-    story.record("generate", f"cookiecutter --no-input promotion={pattern}", time.perf_counter() - started,
-                 str(project.relative_to(out.parent.parent) if out.is_relative_to(Path.cwd()) else project))
-
-    _, seconds = story.run("bootstrap", ["make", "bootstrap"])
-    story.record("bootstrap", "make bootstrap", seconds, ".venv with the pinned dependencies")
-    _, seconds = story.run("check", ["make", "check"])
-    story.record("check", "make check", seconds, "lint, compile, render, validate: passed")
-
-    text, seconds = story.run("sandbox", [*cli(story), "run", "--env", "sandbox"], capture_json=True)
-    run = json.loads(text)
-    metrics = run["training"]["metrics"]
-    story.record("sandbox", "make run ENV=sandbox", seconds,
-                 f"accuracy {metrics['accuracy']:.3f}, roc_auc {metrics['roc_auc']:.3f}")
-    story.summary = {
-        "project": str(project),
-        "sandbox": {"model_uri": run["training"]["model_uri"], "metrics": metrics,
-                    "snapshot": run["training"]["snapshot"]},
+def predict(story: Story, endpoint: dict) -> dict:
+    """A real HTTP request to the production endpoint (Open Inference Protocol v2)."""
+    python = str(story.project / ".venv" / "bin" / "python")
+    code = f"import json; from {story.package} import serving; print(json.dumps(serving.sample_test_rows(3)))"
+    rows = json.loads(story.run("predict", [python, "-c", code])[0])
+    body = {
+        "inputs": [
+            {
+                "name": "input-0",
+                "shape": [len(rows), len(rows[0])],
+                "datatype": "FP64",
+                "data": [value for row in rows for value in row],
+            }
+        ]
     }
-    return story
+    url = f"{endpoint['url']}/v2/models/{endpoint['model_name']}/infer"
+    request = urllib.request.Request(url, json.dumps(body).encode(), {"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=30) as response:
+        answer = json.loads(response.read())
+    return {
+        "url": url,
+        "rows": len(rows),
+        "model_name": answer["model_name"],
+        "model_version": answer.get("model_version"),
+        "predictions": answer["outputs"][0]["data"],
+        "served_digest": endpoint["digest"],
+    }
+
+
+def promote_to_production(story: Story, phase: str, pr_number: int) -> tuple[dict, list[dict], int]:
+    """Merge a promotion PR and run production until it serves (retrain: merge the deployment PR)."""
+    _, merge_seconds = story.cli(phase, "merge", "--pr", str(pr_number))
+    report, seconds = story.cli(phase, "production")
+    reports, total = [report], merge_seconds + seconds
+    deployment = None
+    proposed = report.get("pull_request")
+    if story.pattern == "retrain" and proposed and proposed["branch"].startswith("deploy/"):
+        # Production trained the model and proposed its deployment; auto_merge is off by
+        # default, so a person merges it, and production converges again.
+        deployment = proposed
+        if deployment["state"] == "open":
+            _, seconds = story.cli(phase, "merge", "--pr", str(deployment["number"]))
+            total += seconds
+            report, seconds = story.cli(phase, "production")
+            reports.append(report)
+            total += seconds
+    return {"report": report, "deployment_pr": deployment}, reports, total
+
+
+def run_story(story: Story, skip_check: bool = False) -> None:
+    print(f"\n## {story.pattern}\n", flush=True)
+    started = time.perf_counter()
+    story.project = generate(story)
+    story.package = package_of(story.project)
+    story.record(
+        "generate",
+        f"cookiecutter --no-input . promotion={story.pattern}",
+        time.perf_counter() - started,
+        str(story.project),
+    )
+    story.record("bootstrap", "make bootstrap", story.make("bootstrap", "bootstrap"), ".venv with the pinned deps")
+    if not skip_check:
+        story.record("check", "make check", story.make("check", "check"), "lint, compile, render, validate: pass")
+
+    sandbox, seconds = story.cli("sandbox", "sandbox")
+    metrics = sandbox["model"]["metrics"]
+    story.record(
+        "sandbox",
+        "make sandbox",
+        seconds,
+        f"sandbox v{sandbox['model']['version']}: accuracy {metrics['accuracy']:.3f}",
+        sandbox,
+    )
+
+    staging, seconds = story.cli("staging", "staging")
+    model = staging["model"]
+    story.record(
+        "staging",
+        "make staging",
+        seconds,
+        f"staging v{model['version']} {model['digest'][:19]}, test endpoint smoke-tested, gates passed",
+        staging,
+    )
+
+    prs, seconds = story.cli("promotion PR", "prs")
+    promotion_pr = next(pr for pr in prs if pr["number"] == staging["pull_request"]["number"])
+    story.record(
+        "promotion PR",
+        "make prs",
+        seconds,
+        f"#{promotion_pr['number']} {promotion_pr['branch']}: {', '.join(promotion_pr['files'])}",
+    )
+
+    started = time.perf_counter()
+    production, reports, _ = promote_to_production(story, "production", promotion_pr["number"])
+    report = production["report"]
+    story.record("merge", f"make merge PR={promotion_pr['number']}", 0.0, "promotion PR merged, main fast-forwarded")
+    story.record(
+        "production",
+        "make production",
+        time.perf_counter() - started,
+        f"serves v{report['endpoint']['version']} {report['endpoint']['digest'][:19]} at {report['endpoint']['url']}",
+        *reports,
+    )
+    started = time.perf_counter()
+    prediction = predict(story, report["endpoint"])
+    story.record(
+        "predict",
+        "POST /v2/models/<name>/infer",
+        time.perf_counter() - started,
+        f"{prediction['model_name']} v{prediction['model_version']}: {prediction['predictions']}",
+    )
+
+    # a second candidate, promoted the same way; then roll back to the first model
+    started = time.perf_counter()
+    second_staging, _ = story.cli("second promotion", "staging", "--c", SECOND_CANDIDATE_C)
+    second, second_reports, _ = promote_to_production(
+        story, "second promotion", second_staging["pull_request"]["number"]
+    )
+    story.record(
+        "second promotion",
+        f"make staging C={SECOND_CANDIDATE_C}; merge; make production",
+        time.perf_counter() - started,
+        f"production serves {second['report']['endpoint']['digest'][:19]}",
+        second_staging,
+        *second_reports,
+    )
+
+    started = time.perf_counter()
+    rollback, _ = story.cli("rollback", "rollback")
+    story.cli("rollback", "merge", "--pr", str(rollback["pull_request"]["number"]))
+    after, _ = story.cli("rollback", "production")
+    rolled_back_prediction = predict(story, after["endpoint"])
+    story.record(
+        "rollback",
+        "make rollback; merge; make production",
+        time.perf_counter() - started,
+        f"#{rollback['pull_request']['number']}: production serves {after['endpoint']['digest'][:19]} again",
+        after,
+    )
+
+    status, _ = story.cli("status", "status")
+    story.summary = {
+        "project": str(story.project),
+        "sandbox": model_fields(sandbox),
+        "staging": {
+            **model_fields(staging),
+            "smoke": staging.get("smoke", {}).get("passed"),
+            "gates": staging.get("gates"),
+        },
+        "promotion_pr": {key: promotion_pr[key] for key in ("number", "branch", "base", "title", "state", "files")},
+        "deployment_pr": production["deployment_pr"]
+        and {key: production["deployment_pr"][key] for key in ("number", "branch", "files")},
+        "production": {
+            **model_fields(report),
+            "endpoint": report["endpoint"]["url"],
+            "served_version": report["endpoint"]["version"],
+            "served_digest": report["endpoint"]["digest"],
+            "declared_digest": report["endpoint"]["digest"],
+        },
+        "prediction": prediction,
+        "second_promotion": {
+            "staging": model_fields(second_staging),
+            "production_served_digest": second["report"]["endpoint"]["digest"],
+        },
+        "rollback": {
+            "pull_request": {key: rollback["pull_request"][key] for key in ("number", "branch", "files")},
+            "target_digest": rollback["target"]["digest"],
+            "production_served_digest": after["endpoint"]["digest"],
+            "prediction": rolled_back_prediction,
+        },
+        "environments": [{k: v for k, v in row.items() if k != "registry"} for row in status["environments"]],
+    }
+    checks = verify(story)
+    story.summary["checks"] = checks
+    failed = [name for name, ok in checks.items() if not ok]
+    if failed:
+        raise DemoError(f"{story.pattern}: the story ended in a wrong state: {', '.join(failed)} (see summary.json)")
+
+
+def verify(story: Story) -> dict[str, bool]:
+    """What the demo promises, checked on its own results."""
+    s = story.summary
+    production, rollback = s["production"], s["rollback"]
+    promoted = s["staging"]["digest"] if story.pattern == "transit" else production["digest"]
+    return {
+        "production serves the promoted model": production["served_digest"] == promoted,
+        "registry, model.yaml and endpoint digests match": production["digest"] == production["served_digest"],
+        "prediction came from that model": s["prediction"]["served_digest"] == production["served_digest"],
+        "second promotion switched serving": s["second_promotion"]["production_served_digest"]
+        != production["served_digest"],
+        "rollback serves the first model again": rollback["production_served_digest"]
+        == production["served_digest"]
+        == rollback["target_digest"],
+    }
+
+
+# --- output ----------------------------------------------------------------------------------
+
+
+def overhead(story: Story) -> dict[str, float]:
+    """Lifecycle wall time over the time inside training, registry calls and server start-up."""
+    phases = [p for p in story.phases if p.name in LIFECYCLE_PHASES]
+    wall = sum(p.seconds for p in phases)
+    inner = {key: round(sum(p.inner.get(key, 0.0) for p in phases), 2) for key in ("training", "registry", "serving")}
+    work = sum(inner.values())
+    return {
+        "lifecycle_seconds": round(wall, 2),
+        **inner,
+        "inner_seconds": round(work, 2),
+        "ratio": round(wall / work, 3) if work else float("nan"),
+    }
 
 
 def phase_table(story: Story) -> str:
@@ -180,22 +404,25 @@ def phase_table(story: Story) -> str:
     return "\n".join(lines)
 
 
-def write_summary(out: Path, stories: dict[str, Story], wall: float, ok: bool, error: str | None) -> Path:
+def write_summary(out: Path, stories: list[Story], wall: float, error: str | None) -> Path:
     summary = {
-        "ok": ok,
+        "ok": error is None,
         "error": error,
         "wall_seconds": round(wall, 2),
         "patterns": {
-            pattern: {
+            story.pattern: {
                 **story.summary,
                 "timings": {p.name: p.seconds for p in story.phases},
-                "phases": [p.__dict__ for p in story.phases],
+                "total_seconds": round(sum(p.seconds for p in story.phases), 2),
+                "overhead": overhead(story),
+                "phases": [asdict(p) for p in story.phases],
+                "log": str(story.log),
             }
-            for pattern, story in stories.items()
+            for story in stories
         },
     }
     path = out / "summary.json"
-    partial = path.with_suffix(".json.partial")
+    partial = out / ".summary.json.partial"
     partial.write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
     partial.replace(path)
     return path
@@ -209,34 +436,52 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="build/demo", help="output folder (default: %(default)s)")
     parser.add_argument("--pattern", action="append", choices=PATTERNS, help="one pattern (default: both)")
+    parser.add_argument("--skip-check", action="store_true", help="skip `make check` (the benchmark does)")
     args = parser.parse_args(argv)
     out = Path(args.out).resolve()
     patterns = args.pattern or list(PATTERNS)
     signal.signal(signal.SIGTERM, _raise_interrupt)
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
-    stories: dict[str, Story] = {}
+    stories: list[Story] = []
     started = time.perf_counter()
     error = None
+    prepared = False
     try:
         prepare_out(out)
+        prepared = True
         for pattern in patterns:
-            stories[pattern] = run_story(pattern, out)
+            log = out / f"{pattern}.log"
+            log.write_text("")
+            story = Story(pattern, out, log)
+            stories.append(story)
+            run_story(story, skip_check=args.skip_check)
     except DemoError as exc:
         error = str(exc)
     except KeyboardInterrupt:
         error = "interrupted"
     finally:
-        for story in stories.values():
-            stop_servers(story.project)
+        for story in stories:  # every endpoint the demo started, whatever happened
+            if story.project:
+                stop_servers(story.project)
     wall = time.perf_counter() - started
-    summary = write_summary(out, stories, wall, error is None, error) if out.exists() else None
-    for pattern, story in stories.items():
-        print(f"\n### {pattern}: phases\n\n{phase_table(story)}")
+    summary = write_summary(out, stories, wall, error) if prepared else None
+    for story in stories:
+        print(f"\n### {story.pattern}\n\n{phase_table(story)}")
+        if story.summary.get("checks"):
+            print("\n" + "\n".join(f"- [{'x' if ok else ' '}] {name}" for name, ok in story.summary["checks"].items()))
+        ratio = overhead(story)
+        print(
+            f"\norchestration overhead: lifecycle {ratio['lifecycle_seconds']:.1f}s / (training "
+            f"{ratio['training']:.1f}s + registry {ratio['registry']:.1f}s + server start-up "
+            f"{ratio['serving']:.1f}s) = {ratio['ratio']:.2f}"
+        )
     if error:
         print(f"\nerror: {error}", file=sys.stderr)
         return 130 if error == "interrupted" else 1
-    print(f"\ndemo done in {wall:.0f}s; summary: {summary}")
+    print(f"\ndemo done in {wall:.0f}s: every endpoint stopped. summary: {summary}")
+    for story in stories:
+        print(f"  {story.pattern}: project {story.project} (try `make -C {story.project} status`), log {story.log}")
     return 0
 
 

@@ -14,6 +14,7 @@ import pytest
 
 from {{ cookiecutter.package }} import cli, config, serving
 from {{ cookiecutter.package }}.artifacts import ArtifactError, ArtifactStore
+from {{ cookiecutter.package }}.components import train
 from {{ cookiecutter.package }}.components.features import SPLIT, build_features, feature_columns, load_raw
 from {{ cookiecutter.package }}.components.train import load_model, save_model, train_model
 from {{ cookiecutter.package }}.modelref import ModelRef, read_model_ref, write_model_ref
@@ -52,6 +53,10 @@ def served(project):
     cfg, stored, frame = project
     point_overlay(cfg, "staging", stored[0], "1")
     return cfg, serving.deploy_from_overlay(cfg, "staging"), stored, frame
+
+
+def test_serving_loads_the_file_train_saves():
+    assert serving.MODEL_FILE == train.MODEL_FILE
 
 
 def test_the_endpoint_predicts_like_the_model_file(served):

@@ -7,7 +7,7 @@ environment. Two backends implement `PullRequests`:
   added as `origin` when the project has none) and pull requests are records in
   `.mlops/pulls.json`. Merging one merges its branch into the remote's `main` and
   fast-forwards the local checkout.
-- a GitHub backend plugs in through `BACKENDS` (see `pull_requests`).
+- `github` (cluster/github.py): the REST API, with the token of the workflow's GitHub App.
 
 Branch commits are built with git plumbing on a temporary index, so opening a pull request
 never touches the working tree, the index or the checked-out branch.
@@ -440,8 +440,15 @@ class LocalPullRequests:
 
 # --- backends --------------------------------------------------------------------------------
 
-# name -> factory. A cluster backend adds itself here, e.g. BACKENDS["github"] = GitHubPullRequests.for_config.
-BACKENDS: dict[str, Callable[[Config], PullRequests]] = {"local": LocalPullRequests.for_config}
+
+def _github(cfg: Config) -> PullRequests:
+    from .cluster.github import GitHubPullRequests  # the REST client loads only when used
+
+    return GitHubPullRequests.for_config(cfg)
+
+
+# name -> factory: the embedded local backend, and GitHub (cluster/github.py).
+BACKENDS: dict[str, Callable[[Config], PullRequests]] = {"local": LocalPullRequests.for_config, "github": _github}
 
 
 def backend_name(cfg: Config) -> str:

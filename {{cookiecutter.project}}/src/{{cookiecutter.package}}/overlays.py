@@ -1127,6 +1127,11 @@ class _Section:
         return head + "\n".join(kept) + note + "\n" + tail, cut
 
 
+def _clip(message: str, limit: int = 3000) -> str:
+    """An error message, bounded: kustomize and the compiler can be verbose."""
+    return message if len(message) <= limit else message[:limit] + " … (cut)"
+
+
 def _fence(lines: list[str]) -> str:
     longest = max((len(m) for line in lines for m in re.findall(r"`{3,}", line)), default=0)
     return "`" * max(3, longest + 1)
@@ -1166,9 +1171,10 @@ def _overlay_section(o: OverlayDiff) -> _Section | None:
     if o.because:
         intro += f"Affected by {_names([f'`{p}`' for p in o.because], 5)}.\n\n"
     if o.error:
-        intro += f"kustomize failed at head:\n\n```text\n{o.error}\n```\n\n"
+        intro += f"kustomize failed at head:\n\n```text\n{_clip(o.error)}\n```\n\n"
     if o.base_error:
-        intro += f"Did not render at base, so every resource is shown as new:\n\n```text\n{o.base_error}\n```\n\n"
+        why = "It did not render at base either" if o.error else "Did not render at base, so every resource is new"
+        intro += f"{why}:\n\n```text\n{_clip(o.base_error)}\n```\n\n"
     blocks = []
     for r in o.resources:
         title = f"**{r.status}** `{resource_label(r.key)}`"
@@ -1199,9 +1205,10 @@ def _pipeline_section(p: PipelineDiff) -> _Section | None:
         return None
     intro = ""
     if p.error:
-        intro += f"The pipeline does not compile at head:\n\n```text\n{p.error}\n```\n\n"
+        intro += f"The pipeline does not compile at head:\n\n```text\n{_clip(p.error)}\n```\n\n"
     if p.base_error:
-        intro += f"Did not compile at base, so it is shown as new:\n\n```text\n{p.base_error}\n```\n\n"
+        why = "It did not compile at base either" if p.error else "Did not compile at base, so it is shown as new"
+        intro += f"{why}:\n\n```text\n{_clip(p.base_error)}\n```\n\n"
     if p.parameters:
         intro += "Parameters:\n" + "".join(f"- {line}\n" for line in p.parameters) + "\n"
     if p.other:

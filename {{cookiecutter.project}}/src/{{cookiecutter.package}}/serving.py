@@ -30,12 +30,14 @@ from pathlib import Path
 from typing import Any
 
 from .artifacts import ArtifactStore, directory_digest
-from .components.train import MODEL_FILE
 from .config import Config, Environment
 from .errors import MlopsError
 from .fsutil import atomic_write_text
 from .modelref import read_model_ref
 
+# = components.train.MODEL_FILE, the name KServe's sklearn runtime loads. Not imported from there:
+# that module loads scikit-learn (~2 s), which `stop` and `endpoints` do not need. A test checks both agree.
+MODEL_FILE = "model.joblib"
 SERVING_DIR = "serving"
 STATE_FILE = "state.json"
 LOG_FILE = "mlserver.log"
