@@ -4,8 +4,10 @@ module (pytest runs with --dist loadscope: a module stays on one worker) and alw
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -196,3 +198,33 @@ def test_cli_serve_returns_while_the_endpoint_keeps_serving(project, monkeypatch
     assert "stopped: production" in capsys.readouterr().out
     assert cli.main(["smoke", "--env", "production"]) == 1
     assert "error: no production endpoint is running" in capsys.readouterr().err
+
+
+def test_a_serve_killed_mid_start_leaves_a_server_that_stop_finds(project):
+    cfg, stored, _ = project
+    staging, production = ArtifactStore(cfg.env("staging")), ArtifactStore(cfg.env("production"))
+    copied = production.copy_from(staging, stored[1].uri, stored[1].digest)
+    point_overlay(cfg, "production", copied, "2")
+    folder = cfg.env("production").local_dir / "serving"
+    command = subprocess.Popen(
+        [sys.executable, "-m", "{{ cookiecutter.package }}.cli", "serve", "--env", "production"],
+        cwd=cfg.root,
+        env=dict(os.environ, MLOPS_BACKEND="local"),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        orphans: list[tuple[int, str]] = []
+        while not orphans and time.monotonic() < deadline:
+            servers = folder.glob("server-*")
+            orphans = [(pid, str(server)) for server in servers for pid in serving._pids_serving(server)]
+            time.sleep(0.02)
+        assert orphans, "the server never started"
+    finally:
+        command.send_signal(signal.SIGKILL)  # killed before it could record (or stop) its server
+        command.wait()
+    assert not (folder / "state.json").exists() and serving.endpoints(cfg)["production"] is None
+    assert serving.LocalEndpoint(cfg.env("production"), cfg.model_name).stop() is True
+    assert not any(serving._alive(pid, server) for pid, server in orphans)  # gone (or a zombie for init to reap)
+    assert not list(folder.glob("server-*"))

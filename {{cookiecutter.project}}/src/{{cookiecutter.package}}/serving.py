@@ -126,6 +126,7 @@ class LocalEndpoint:
         if not (model_dir / MODEL_FILE).is_file():
             raise ServingError(f"{model_dir} holds no {MODEL_FILE}; expected a model directory saved by train")
         with _locked(self.dir):  # one deploy or stop per environment at a time
+            self._remove_orphan_server_dirs()  # a server whose deploy was killed before it recorded it
             current = self.status()
             if (
                 current is not None
@@ -146,8 +147,7 @@ class LocalEndpoint:
         with _locked(self.dir):
             state = self._read_state()
             if state is None:
-                self._remove_orphan_server_dirs()
-                return False
+                return self._remove_orphan_server_dirs() > 0
             running = _alive(state["pid"], state["server_dir"])
             if running:
                 self._stop_server(state["pid"], Path(state["server_dir"]))
@@ -180,28 +180,27 @@ class LocalEndpoint:
             url = f"http://{HOST}:{http_port}"
             try:
                 failure = self._wait_ready(process, url, timeout)
+                if failure is None:
+                    state = {
+                        "env": self.env.name,
+                        "url": url,
+                        "model_name": self.model_name,
+                        "version": version,
+                        "digest": digest,
+                        "pid": process.pid,
+                        "model_dir": str(model_dir),
+                        "started_at": round(time.time(), 3),
+                        "startup_seconds": round(time.perf_counter() - began, 3),
+                        "http_port": http_port,
+                        "grpc_port": grpc_port,
+                        "server_dir": str(server_dir),
+                        "log": str(self.log_path),
+                    }
+                    atomic_write_text(self.state_path, json.dumps(state, indent=2, sort_keys=True) + "\n")
+                    return _status_from_state(state)
             except BaseException:  # interrupted: leave no server behind that no state file describes
                 self._stop_server(process.pid, server_dir)
                 raise
-            if failure is None:
-                seconds = round(time.perf_counter() - began, 3)
-                state = {
-                    "env": self.env.name,
-                    "url": url,
-                    "model_name": self.model_name,
-                    "version": version,
-                    "digest": digest,
-                    "pid": process.pid,
-                    "model_dir": str(model_dir),
-                    "started_at": round(time.time(), 3),
-                    "startup_seconds": seconds,
-                    "http_port": http_port,
-                    "grpc_port": grpc_port,
-                    "server_dir": str(server_dir),
-                    "log": str(self.log_path),
-                }
-                atomic_write_text(self.state_path, json.dumps(state, indent=2, sort_keys=True) + "\n")
-                return _status_from_state(state)
             self._stop_server(process.pid, server_dir)
             tail = _tail(self.log_path)
             if "address already in use" in tail.lower() and attempt < 2:
@@ -274,19 +273,23 @@ class LocalEndpoint:
         self.state_path.unlink(missing_ok=True)
         self._remove_orphan_server_dirs()
 
-    def _remove_orphan_server_dirs(self) -> None:
-        """Servers and settings folders no state file describes: left by a crash between a
-        server's start and its state write. They are ours by construction (their command line
-        names a folder inside this environment's serving directory), so stop them."""
+    def _remove_orphan_server_dirs(self) -> int:
+        """Stop servers no state file describes, and remove their settings folders; returns how
+        many were running. They are left by a deploy killed between starting a server and
+        recording it, and are ours by construction: their command line names a folder inside
+        this environment's serving directory."""
         if not self.dir.is_dir():
-            return
+            return 0
         state = self._read_state_quietly() or {}
+        stopped = 0
         for folder in self.dir.glob(f"{SERVER_DIR_PREFIX}*"):
             if state.get("server_dir") == str(folder):
                 continue
             for pid in _pids_serving(folder):
                 _terminate(pid, str(folder))
+                stopped += 1
             shutil.rmtree(folder, ignore_errors=True)
+        return stopped
 
     def _read_state_quietly(self) -> dict | None:
         try:
