@@ -27,7 +27,7 @@ demo: venv ## generate a project into build/demo/ and run its whole lifecycle lo
 # loadgroup: each deep test (a generated repo's own make bootstrap check test) is its own
 # group, scheduled first on its own worker; the fast tests fill in around them.
 test: venv ## run every template test (option matrix, generated repos, lifecycle)
-	$(PY) -m pytest -n auto --dist loadgroup tests
+	$(PY) -m pytest -n auto --dist loadgroup --durations=10 tests
 
 clean: ## remove build outputs
 	rm -rf build .pytest_cache

@@ -76,9 +76,14 @@ def run_make(project: Path, target: str, env: dict[str, str]) -> tuple[float, st
         )
     except subprocess.TimeoutExpired as error:
         output = error.stdout if isinstance(error.stdout, str) else (error.stdout or b"").decode(errors="replace")
-        pytest.fail(f"`make {target}` in {project} timed out after {STEP_TIMEOUT}s; last lines:\n{tail(output)}")
+        pytest.fail(
+            f"`make {target}` in {project} timed out after {STEP_TIMEOUT}s; last lines:\n{tail(output)}", pytrace=False
+        )
     if result.returncode != 0:
-        pytest.fail(f"`make {target}` in {project} exited {result.returncode}; last lines:\n{tail(result.stdout)}")
+        pytest.fail(
+            f"`make {target}` in {project} exited {result.returncode}; last lines:\n{tail(result.stdout)}",
+            pytrace=False,
+        )
     return time.monotonic() - started, result.stdout
 
 

@@ -5,13 +5,9 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-
-
-@pytest.fixture(autouse=True)
-def _own_local_state(monkeypatch):
-    """`make ci` (act) points MLOPS_LOCAL_ROOT at the repository's .mlops for the workflow's
-    steps; the unit tests the workflow runs must keep to their own temporary state."""
-    monkeypatch.delenv("MLOPS_LOCAL_ROOT", raising=False)
+# `make ci` (act) points MLOPS_LOCAL_ROOT at the repository's .mlops for a workflow's steps; the
+# unit tests such a workflow runs keep to their own temporary state (session fixtures included).
+os.environ.pop("MLOPS_LOCAL_ROOT", None)
 
 
 @pytest.fixture()

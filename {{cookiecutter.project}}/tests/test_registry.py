@@ -16,7 +16,7 @@ import pytest
 import requests
 
 from {{ cookiecutter.package }} import config
-from {{ cookiecutter.package }}.artifacts import ArtifactStore, directory_digest
+from {{ cookiecutter.package }}.artifacts import ArtifactError, ArtifactStore, directory_digest
 from {{ cookiecutter.package }}.config import ClusterSettings, Environment
 from {{ cookiecutter.package }}.registry import (
     ALIAS_CHALLENGER,
@@ -247,7 +247,7 @@ def test_environments_have_separate_registries_and_copies_record_their_source(en
 
 
 def test_bad_input_is_a_clear_registry_error(envs, model_name, tmp_path):
-    staging, _ = envs
+    staging, production = envs
     registry = Registry(staging, model_name)
     stored = _stored(staging, tmp_path, b"model-a")
     with pytest.raises(RegistryError, match="differs from the stored model's digest"):
@@ -256,6 +256,9 @@ def test_bad_input_is_a_clear_registry_error(envs, model_name, tmp_path):
         registry.get("3")
     with pytest.raises(RegistryError, match="is not a version number"):
         registry.get("latest")
+    with pytest.raises(ArtifactError, match=f"is not in the {staging.name} store"):  # environments stay apart
+        registry.register(_stored(production, tmp_path, b"model-p"), {})
+    assert registry.versions() == []
     assert registry.find_by_digest("sha256:" + "e" * 64) is None
 
 

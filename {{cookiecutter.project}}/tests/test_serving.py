@@ -123,6 +123,8 @@ def test_a_model_that_fails_to_load_reports_the_log_and_keeps_the_old_endpoint(s
     (broken / "model.joblib").write_bytes(b"not a joblib file")
     stored = ArtifactStore(cfg.env("staging")).put(broken)
     endpoint = serving.LocalEndpoint(cfg.env("staging"), cfg.model_name)
+    with pytest.raises(serving.ServingError, match="not the sha256:"):  # the digest must describe the folder
+        endpoint.deploy(ArtifactStore(cfg.env("staging")).local_path(stored.uri), "3", status.digest)
     with pytest.raises(serving.ServingError, match="MLServer did not become ready") as caught:
         endpoint.deploy(ArtifactStore(cfg.env("staging")).local_path(stored.uri), "3", stored.digest, timeout=60)
     assert "mlserver.log" in str(caught.value) and "\n" in str(caught.value)  # the log tail
@@ -154,7 +156,7 @@ def test_concurrent_deploys_start_one_server(project):
     assert len(list((cfg.env("staging").local_dir / "serving").glob("server-*"))) == 1
 
 
-def test_stop_and_stale_state(project):
+def test_stop_and_stale_state(project, tmp_path):
     cfg, _, _ = project
     endpoint = serving.LocalEndpoint(cfg.env("staging"), cfg.model_name)
     status = endpoint.status() or serving.deploy_from_overlay(cfg, "staging")
@@ -165,8 +167,11 @@ def test_stop_and_stale_state(project):
         serving.smoke(cfg, "staging")
     state = endpoint.state_path
     state.parent.mkdir(parents=True, exist_ok=True)
-    state.write_text(json.dumps({**status.to_dict(), "pid": status.pid, "server_dir": "/nowhere"}))
+    precious = tmp_path / "precious"
+    precious.mkdir()
+    state.write_text(json.dumps({**status.to_dict(), "server_dir": str(precious)}))
     assert endpoint.status() is None and not state.exists()  # a dead pid's state is cleaned up
+    assert precious.is_dir()  # only folders inside the serving directory are ever deleted
     assert serving.endpoints(cfg) == {"sandbox": None, "staging": None, "production": None}
 
 

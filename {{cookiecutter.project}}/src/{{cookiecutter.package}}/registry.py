@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .artifacts import StoredModel, digest_hex, directory_digest, file_uri_path
+from .artifacts import ArtifactError, ArtifactStore, StoredModel, digest_hex, directory_digest, file_uri_path
 from .config import Environment
 from .errors import MlopsError
 
@@ -251,6 +251,7 @@ class Registry:
             )
         tags[TAG_DIGEST] = stored.digest
         tags[TAG_STORAGE_URI] = stored.uri
+        self._verify_in_own_store(stored)
         existing = self.find_by_digest(stored.digest)
         if existing is not None:
             missing = {key: value for key, value in tags.items() if key not in existing.tags}
@@ -283,6 +284,14 @@ class Registry:
             self._call("delete_registered_model_alias", self.model_name, alias)
 
     # --- internals ----------------------------------------------------------------------
+
+    def _verify_in_own_store(self, stored: StoredModel) -> None:
+        """A version only ever names a model present, with its digest, in this environment's store."""
+        try:
+            store = ArtifactStore(self.env)
+        except ArtifactError:
+            return  # an object store this build cannot read (cluster): its pipeline wrote and checked it
+        store.verify(stored.uri, stored.digest)
 
     def _ensure_registered_model(self) -> None:
         from mlflow.exceptions import MlflowException

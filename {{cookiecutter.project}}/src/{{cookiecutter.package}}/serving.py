@@ -125,6 +125,9 @@ class LocalEndpoint:
         model_dir = Path(model_dir).resolve()
         if not (model_dir / MODEL_FILE).is_file():
             raise ServingError(f"{model_dir} holds no {MODEL_FILE}; expected a model directory saved by train")
+        actual = directory_digest(model_dir)
+        if actual != digest:  # never serve a model under another model's name
+            raise ServingError(f"{self.env.name}: {model_dir} has digest {actual}, not the {digest} to deploy")
         with _locked(self.dir):  # one deploy or stop per environment at a time
             self._remove_orphan_server_dirs()  # a server whose deploy was killed before it recorded it
             current = self.status()
@@ -235,7 +238,9 @@ class LocalEndpoint:
             "parameters": {"uri": str(model_dir / MODEL_FILE), "version": version, "extra": extra},
         }
         atomic_write_text(server_dir / "settings.json", json.dumps(settings, indent=2) + "\n")
-        atomic_write_text(server_dir / "model-settings.json", json.dumps(model_settings, indent=2) + "\n")
+        # In a folder named after the model, where MLServer expects it (else it logs a warning).
+        model_folder = server_dir / self.model_name
+        atomic_write_text(model_folder / "model-settings.json", json.dumps(model_settings, indent=2) + "\n")
 
     def _wait_ready(self, process: subprocess.Popen, url: str, timeout: float) -> str | None:
         """None once ready; otherwise why not."""
@@ -252,7 +257,14 @@ class LocalEndpoint:
     def _stop_server(self, pid: int, server_dir: Path) -> None:
         if _alive(pid, str(server_dir)):
             _terminate(pid, str(server_dir))
-        shutil.rmtree(server_dir, ignore_errors=True)
+        self._remove_server_dir(server_dir)
+
+    def _remove_server_dir(self, server_dir: Path | str) -> None:
+        """Delete a server's settings folder: only ever one inside this serving directory, whatever
+        a (hand-edited) state file says."""
+        folder = Path(server_dir)
+        if folder.parent == self.dir and folder.name.startswith(SERVER_DIR_PREFIX):
+            shutil.rmtree(folder, ignore_errors=True)
 
     def _read_state(self) -> dict | None:
         try:
@@ -262,14 +274,14 @@ class LocalEndpoint:
         except (OSError, ValueError):
             self.state_path.unlink(missing_ok=True)  # a state file we cannot read describes nothing we can trust
             return None
-        required = {"pid", "url", "model_name", "version", "digest", "server_dir"}
+        required = {"env", "pid", "url", "model_name", "version", "digest", "server_dir"}
         if not isinstance(state, dict) or not required <= state.keys():
             self.state_path.unlink(missing_ok=True)
             return None
         return state
 
     def _forget(self, state: dict) -> None:
-        shutil.rmtree(state.get("server_dir", ""), ignore_errors=True)
+        self._remove_server_dir(state.get("server_dir", ""))
         self.state_path.unlink(missing_ok=True)
         self._remove_orphan_server_dirs()
 
@@ -288,14 +300,15 @@ class LocalEndpoint:
             for pid in _pids_serving(folder):
                 _terminate(pid, str(folder))
                 stopped += 1
-            shutil.rmtree(folder, ignore_errors=True)
+            self._remove_server_dir(folder)
         return stopped
 
     def _read_state_quietly(self) -> dict | None:
         try:
-            return json.loads(self.state_path.read_text())
+            state = json.loads(self.state_path.read_text())
         except (OSError, ValueError):
             return None
+        return state if isinstance(state, dict) else None
 
 
 def _status_from_state(state: dict) -> EndpointStatus:
