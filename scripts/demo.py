@@ -68,6 +68,7 @@ class Story:
     package: str = ""
     phases: list[Phase] = field(default_factory=list)
     summary: dict = field(default_factory=dict)
+    rows: list[list[float]] = field(default_factory=list)
 
     # --- running commands ------------------------------------------------------------------
 
@@ -185,9 +186,11 @@ def model_fields(report: dict) -> dict:
 
 def predict(story: Story, endpoint: dict) -> dict:
     """A real HTTP request to the production endpoint (Open Inference Protocol v2)."""
-    python = str(story.project / ".venv" / "bin" / "python")
-    code = f"import json; from {story.package} import serving; print(json.dumps(serving.sample_test_rows(3)))"
-    rows = json.loads(story.run("predict", [python, "-c", code])[0])
+    if not story.rows:  # three rows of the test split, as the project's smoke test picks them
+        python = str(story.project / ".venv" / "bin" / "python")
+        code = f"import json; from {story.package} import serving; print(json.dumps(serving.sample_test_rows(3)))"
+        story.rows = json.loads(story.run("predict", [python, "-c", code])[0])
+    rows = story.rows
     body = {
         "inputs": [
             {
@@ -212,11 +215,14 @@ def predict(story: Story, endpoint: dict) -> dict:
     }
 
 
-def promote_to_production(story: Story, phase: str, pr_number: int) -> tuple[dict, list[dict], int]:
-    """Merge a promotion PR and run production until it serves (retrain: merge the deployment PR)."""
-    _, merge_seconds = story.cli(phase, "merge", "--pr", str(pr_number))
-    report, seconds = story.cli(phase, "production")
-    reports, total = [report], merge_seconds + seconds
+def promote_to_production(story: Story, phase: str, pr_number: int) -> tuple[dict, list[dict], float, float]:
+    """Merge a promotion PR and run production until it serves (retrain: merge the deployment PR).
+
+    Returns the production outcome, the flow reports, and the seconds spent merging and in production.
+    """
+    _, merging = story.cli(phase, "merge", "--pr", str(pr_number))
+    report, producing = story.cli(phase, "production")
+    reports = [report]
     deployment = None
     proposed = report.get("pull_request")
     if story.pattern == "retrain" and proposed and proposed["branch"].startswith("deploy/"):
@@ -225,11 +231,11 @@ def promote_to_production(story: Story, phase: str, pr_number: int) -> tuple[dic
         deployment = proposed
         if deployment["state"] == "open":
             _, seconds = story.cli(phase, "merge", "--pr", str(deployment["number"]))
-            total += seconds
+            merging += seconds
             report, seconds = story.cli(phase, "production")
             reports.append(report)
-            total += seconds
-    return {"report": report, "deployment_pr": deployment}, reports, total
+            producing += seconds
+    return {"report": report, "deployment_pr": deployment}, reports, merging, producing
 
 
 def run_story(story: Story, skip_check: bool = False) -> None:
@@ -276,14 +282,15 @@ def run_story(story: Story, skip_check: bool = False) -> None:
         f"#{promotion_pr['number']} {promotion_pr['branch']}: {', '.join(promotion_pr['files'])}",
     )
 
-    started = time.perf_counter()
-    production, reports, _ = promote_to_production(story, "production", promotion_pr["number"])
+    production, reports, merging, producing = promote_to_production(story, "production", promotion_pr["number"])
     report = production["report"]
-    story.record("merge", f"make merge PR={promotion_pr['number']}", 0.0, "promotion PR merged, main fast-forwarded")
+    deployment = production["deployment_pr"]
+    merged = f"PR #{promotion_pr['number']}" + (f" and deployment PR #{deployment['number']}" if deployment else "")
+    story.record("merge", f"make merge PR={promotion_pr['number']}", merging, f"{merged} merged, main fast-forwarded")
     story.record(
         "production",
         "make production",
-        time.perf_counter() - started,
+        producing,
         f"serves v{report['endpoint']['version']} {report['endpoint']['digest'][:19]} at {report['endpoint']['url']}",
         *reports,
     )
@@ -299,7 +306,7 @@ def run_story(story: Story, skip_check: bool = False) -> None:
     # a second candidate, promoted the same way; then roll back to the first model
     started = time.perf_counter()
     second_staging, _ = story.cli("second promotion", "staging", "--c", SECOND_CANDIDATE_C)
-    second, second_reports, _ = promote_to_production(
+    second, second_reports, _, _ = promote_to_production(
         story, "second promotion", second_staging["pull_request"]["number"]
     )
     story.record(

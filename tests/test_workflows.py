@@ -37,8 +37,9 @@ def lint(root: Path) -> dict[str, list[str]]:
         return subprocess.run(argv, cwd=root, env=env, capture_output=True, text=True, timeout=300, check=False)
 
     found: dict[str, list[str]] = {}
-    zizmor = run(tool("zizmor"), "--offline", "--no-progress", "--strict-collection", "--format", "json",
-                 *workflows, *dependabot)
+    zizmor = run(
+        tool("zizmor"), "--offline", "--no-progress", "--strict-collection", "--format", "json", *workflows, *dependabot
+    )
     try:
         reported = json.loads(zizmor.stdout)
         found["zizmor"] = [f"{item['ident']}: {item['desc']}" for item in reported if not item.get("ignored")]
@@ -115,11 +116,17 @@ def project_env(project: Path) -> dict[str, str]:
     return env
 
 
-def make(project: Path, *args: str) -> str:
+def make(project: Path, *args: str, env: dict[str, str] | None = None) -> str:
     started = time.monotonic()
     result = subprocess.run(
-        ["make", *args], cwd=project, env=project_env(project), stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT, text=True, timeout=STEP_TIMEOUT, check=False,
+        ["make", *args],
+        cwd=project,
+        env={**project_env(project), **(env or {})},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        timeout=STEP_TIMEOUT,
+        check=False,
     )
     print(f"make {' '.join(args)}: {time.monotonic() - started:.0f}s")
     if result.returncode != 0:
@@ -151,48 +158,79 @@ def open_pulls(project: Path) -> list[dict]:
     return [pr for pr in pulls if pr["state"] == "open"]
 
 
+def promote_through_act(project: Path, production: str, env: dict[str, str] | None = None) -> None:
+    """A push to main runs staging (which opens the promotion PR); merging it runs production."""
+    rows = job_rows(make(project, "ci", "EVENT=push", env=env))
+    assert rows == {"staging.yml/image": "succeeded", "staging.yml/staging": "succeeded"}
+    promotion = [
+        pr
+        for pr in open_pulls(project)
+        if "deploy/overlays/production/model.yaml" in pr["files"]
+        or "deploy/overlays/production/pipeline.yaml" in pr["files"]
+    ]
+    assert len(promotion) == 1, open_pulls(project)
+    make(project, "merge", f"PR={promotion[0]['number']}")
+    rows = job_rows(make(project, "ci", "EVENT=push"))
+    # only the production overlay and model references changed: staging does not retrain
+    assert rows == {f"{production}/production": "succeeded", f"{production}/rollback": "skipped"}
+    # retrain: production trained its own model and opened the deployment PR; merging it serves it
+    deployments = [pr for pr in open_pulls(project) if pr["branch"].startswith("deploy/")]
+    assert len(deployments) == (1 if production.endswith("retrain.yml") else 0), open_pulls(project)
+    for deployment in deployments:
+        make(project, "merge", f"PR={deployment['number']}")
+        rows = job_rows(make(project, "ci", "EVENT=push"))
+        assert rows == {f"{production}/production": "succeeded", f"{production}/rollback": "skipped"}
+    assert "version: none" not in (project / "deploy/overlays/production/model.yaml").read_text()
+
+
+def commit_note(project: Path, text: str) -> None:
+    notes = project / "docs" / "team.md"
+    notes.write_text((notes.read_text() if notes.exists() else "# Team notes\n") + text + "\n")
+    git(project, "add", "docs/team.md")
+    git(project, "-c", "user.name=dev", "-c", "user.email=dev@example.com", "commit", "-qm", text)
+
+
 @pytest.mark.deep
 @pytest.mark.parametrize(
-    "answers",
+    ("answers", "pull_request"),
     [
-        pytest.param({"promotion": "transit", "argocd": "yes"}, id="transit", marks=pytest.mark.xdist_group("act-t")),
-        pytest.param({"promotion": "retrain", "argocd": "no"}, id="retrain", marks=pytest.mark.xdist_group("act-r")),
+        pytest.param(
+            {"promotion": "transit", "argocd": "yes"}, True, id="transit", marks=pytest.mark.xdist_group("act-transit")
+        ),
+        pytest.param(
+            {"promotion": "retrain", "argocd": "no"}, False, id="retrain", marks=pytest.mark.xdist_group("act-retrain")
+        ),
     ],
 )
-def test_workflows_run_with_act_through_a_whole_promotion(answers, make_project):
+def test_workflows_run_with_act_through_a_whole_promotion(answers, pull_request, make_project):
     project = make_project(**answers)
     production = f"production-{answers['promotion']}.yml"
     make(project, "bootstrap")
     try:
-        # 1. A pull request: checks, overlay diff and job summary (the PR comment is skipped offline).
-        git(project, "checkout", "-qb", "feature/docs")
-        (project / "docs" / "team.md").write_text("# Team notes\n")
-        git(project, "add", "docs/team.md")
-        git(project, "-c", "user.name=dev", "-c", "user.email=dev@example.com", "commit", "-qm", "Team notes")
-        rows = job_rows(make(project, "ci", "EVENT=pull_request"))
-        assert rows == {"pull-request.yml/checks": "succeeded", "pull-request.yml/diff": "succeeded"}
-        assert (project / "build" / "ci" / "pull_request.json").is_file()
+        if pull_request:
+            # A pull request: checks, overlay diff and job summary (the PR comment is skipped offline).
+            git(project, "checkout", "-qb", "feature/docs")
+            commit_note(project, "Pull request checks run offline")
+            rows = job_rows(make(project, "ci", "EVENT=pull_request"))
+            assert rows == {"pull-request.yml/checks": "succeeded", "pull-request.yml/diff": "succeeded"}
+            git(project, "checkout", "-q", "main")
+            git(project, "merge", "-q", "--ff-only", "feature/docs")
+        else:
+            commit_note(project, "First model")
 
-        # 2. The merge to main: staging trains, deploys, gates and opens the promotion PR.
-        git(project, "checkout", "-q", "main")
-        git(project, "merge", "-q", "--ff-only", "feature/docs")
-        rows = job_rows(make(project, "ci", "EVENT=push"))
-        assert rows == {"staging.yml/image": "succeeded", "staging.yml/staging": "succeeded"}
-        promotion = [pr for pr in open_pulls(project) if "deploy/overlays/production/model.yaml" in pr["files"]]
-        assert len(promotion) == 1, open_pulls(project)
+        # Merge to main -> staging -> promotion PR -> merge -> production; twice, with another C.
+        promote_through_act(project, production)
+        commit_note(project, "Second model, stronger regularisation")
+        promote_through_act(project, production, env={"C": "0.3"})
+        served = (project / "deploy/overlays/production/model.yaml").read_text()
 
-        # 3. The promotion merge: the push touches only the production overlay -> production runs.
-        make(project, "merge", f"PR={promotion[0]['number']}")
-        rows = job_rows(make(project, "ci", "EVENT=push"))
-        assert rows[f"{production}/production"] == "succeeded" and "staging.yml/staging" not in rows
-        assert "version: none" not in (project / "deploy/overlays/production/model.yaml").read_text()
-
-        # 4. Rollback (manual dispatch): a revert PR of model.yaml is opened.
+        # Rollback (manual dispatch): one PR reverting production's model.yaml to the first model.
         before = {pr["number"] for pr in open_pulls(project)}
         rows = job_rows(make(project, "ci", "EVENT=workflow_dispatch", "WORKFLOW=production", "INPUTS=action=rollback"))
-        assert rows[f"{production}/rollback"] == "succeeded"
+        assert rows == {f"{production}/production": "skipped", f"{production}/rollback": "succeeded"}
         reverts = [pr for pr in open_pulls(project) if pr["number"] not in before]
-        assert len(reverts) == 1 and reverts[0]["files"] == ["deploy/overlays/production/model.yaml"]
+        assert len(reverts) == 1 and reverts[0]["files"] == ["deploy/overlays/production/model.yaml"], reverts
+        assert (project / "deploy/overlays/production/model.yaml").read_text() == served  # only a PR, so far
     finally:
         subprocess.run(["make", "stop"], cwd=project, env=project_env(project), capture_output=True, check=False)
     shutil.rmtree(project)  # a failing run keeps the tree and build/ci/*.log for inspection

@@ -131,11 +131,18 @@ def test_sync_of_a_cluster_environment_goes_through_argocd(argocd, monkeypatch, 
     assert result.target == "{{ cookiecutter.project }}-staging" and fake.sync_requests[0]["revision"] == REVISION
 
 
-def test_a_serving_environment_without_a_model_is_never_synced(project_copy, monkeypatch):
+def test_a_serving_environment_without_a_model_is_left_alone(project_copy, monkeypatch, capsys, tmp_path):
+    from {{ cookiecutter.package }} import cli
+
     monkeypatch.setenv("MLOPS_BACKEND", "cluster")
+    monkeypatch.delenv(sync.SERVER_VAR, raising=False)  # no cluster is contacted at all
     cfg = config.load()
-    with pytest.raises(sync.SyncError, match=r"production/model.yaml names no model \(version: none\)"):
-        sync.sync(cfg, cfg.env("production"))
+    result = sync.sync(cfg, cfg.env("production"))
+    assert (result.method, result.detail) == ("none", "deploy/overlays/production/model.yaml declares no model yet")
+    output = tmp_path / "github-output"
+    monkeypatch.setenv("GITHUB_OUTPUT", str(output))
+    assert cli.main(["sync", "--env", "production"]) == 0
+    assert output.read_text() == "served=false\n"  # the workflow's smoke step is skipped
 
 
 def test_argocd_needs_its_server_and_token(project_copy, monkeypatch):

@@ -3,6 +3,8 @@ pipeline that passed staging; production trains with exactly it, gates the resul
 (or, with auto_merge, merges) the deployment PR. A crash is injected after every production step
 and each rerun must converge; a rollback neither retrains nor re-proposes."""
 
+import pytest
+
 import lifecycle_support as support
 from {{ cookiecutter.package }} import config, gitops, promotion
 from {{ cookiecutter.package }}.registry import Registry
@@ -18,6 +20,7 @@ PRODUCTION_PIPELINE = support.PRODUCTION_PIPELINE
 STAGING_MODEL = support.STAGING_MODEL
 
 
+@pytest.mark.slow
 def test_retrain_trains_the_validated_pipeline_in_production(lifecycle, monkeypatch):
     cfg = lifecycle("retrain")
     pulls = gitops.pull_requests(cfg)

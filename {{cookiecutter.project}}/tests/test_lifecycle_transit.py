@@ -7,8 +7,10 @@ endpoints on 127.0.0.1; reruns reuse the finished training through the flow's pr
 import json
 import shutil
 
+import pytest
+
 import lifecycle_support as support
-from {{ cookiecutter.package }} import cli, gitops, promotion, serving
+from {{ cookiecutter.package }} import cli, config, gitops, promotion, serving
 from {{ cookiecutter.package }}.artifacts import ArtifactStore
 from {{ cookiecutter.package }}.modelref import read_model_ref
 from {{ cookiecutter.package }}.registry import Registry
@@ -23,6 +25,7 @@ PRODUCTION_MODEL = support.PRODUCTION_MODEL
 STAGING_MODEL = support.STAGING_MODEL
 
 
+@pytest.mark.slow
 def test_transit_promotes_copies_serves_and_rolls_back(lifecycle, monkeypatch, capsys):
     cfg = lifecycle("transit")
     pulls = gitops.pull_requests(cfg)
@@ -82,3 +85,14 @@ def test_transit_promotes_copies_serves_and_rolls_back(lifecycle, monkeypatch, c
     assert cli.main(["status", "--json"]) == 0
     production = json.loads(capsys.readouterr().out)["environments"][2]
     assert production["versions"] == 2 and candidate.digest[:19] in production["endpoint"]
+
+    # a failed gate stops the flow before the PR (the CLI prints the gate table, then one error)
+    path = cfg.root / "config" / "environments.yaml"
+    path.write_text(path.read_text().replace("min_accuracy: 0.90", "min_accuracy: 0.999", 1))
+    assert config.load(cfg.root).env("staging").gates["min_accuracy"] == 0.999
+    assert cli.main(["staging", "--c", "0.5"]) == 1
+    out, err = capsys.readouterr()
+    assert "| min_accuracy | >= 0.999 |" in out and "| FAIL |" in out
+    assert "error: staging gates failed for {{ cookiecutter.project }} v2: min_accuracy" in err
+    assert Registry(cfg.env("staging"), cfg.model_name).get("2").tags["gates"] == "failed"
+    assert len(pulls.list()) == 3

@@ -289,3 +289,10 @@ def test_a_new_sqlite_registry_is_created_atomically_inside_its_environment(proj
     assert not (project_copy / "mlruns").exists()
     again = Registry(env, "{{ cookiecutter.project }}")  # opening an existing registry creates nothing
     assert "create_registry" not in dict(again.calls)
+
+
+def test_an_unreachable_server_is_one_clear_error(project_copy, monkeypatch):
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")  # the default (3, ~10 s) is for real outages
+    env = _server_env("production", f"http://127.0.0.1:{_free_port()}", project_copy)
+    with pytest.raises(RegistryError, match="production registry http://127.0.0.1:.* is unreachable"):
+        Registry(env, "{{ cookiecutter.project }}").versions()

@@ -478,11 +478,11 @@ def run_sandbox(cfg: Config, c: float | None = None) -> FlowReport:
 
     env = cfg.env("sandbox")
     flow = Flow("sandbox", env.name, cfg.promotion)
+    params = _params(c)
     commit = gitops.head_commit(cfg.root) if (cfg.root / ".git").exists() else "uncommitted"
     with flow.step("compile") as step:
         versions = compile_pipelines(cfg)
         step.detail = versions["pipeline"][:19]
-    params = _params(c)
     # Sandbox runs may use uncommitted code: never reuse a previous run there.
     key = {"commit": commit, "pipeline": versions["pipeline"], "params": params, "run": time.time()}
     trained = _train(flow, env, params, key)
@@ -508,12 +508,12 @@ def run_staging(cfg: Config, c: float | None = None, pulls: gitops.PullRequests 
     from .modelref import write_model_ref
 
     env = cfg.env("staging")
+    params = _params(c)
     flow = Flow("staging", env.name, cfg.promotion)
     commit = committed_head(cfg, "staging")
     with flow.step("compile") as step:
         versions = compile_pipelines(cfg)
         step.detail = versions["pipeline"][:19]
-    params = _params(c)
     trained = _train(flow, env, params, {"commit": commit, "pipeline": versions["pipeline"], "params": params})
     store = ArtifactStore(env)
     with flow.step("store") as step:

@@ -46,6 +46,7 @@ LINEAGE_KEYS = (
 
 ALIAS_CHAMPION = "champion"  # what the environment's endpoint serves
 ALIAS_CHALLENGER = "challenger"  # the candidate under evaluation
+HTTP_RETRIES = 3
 _ALIAS = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]{0,254}$")
 
 # MLflow refuses a model-version source on the server's own disk unless it lies inside the
@@ -136,6 +137,10 @@ class Registry:
 
     def __init__(self, env: Environment, model_name: str) -> None:
         os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+        # MLflow retries a failing server 7 times with doubling waits: minutes before a typo in
+        # registry_uri surfaces. Fail within ~10 s instead, unless the environment says otherwise.
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", str(HTTP_RETRIES))
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
         _quiet_mlflow()
         from mlflow import MlflowClient
 
@@ -408,6 +413,9 @@ class Registry:
 
     def _error(self, operation: str, exc: Exception) -> RegistryError:
         message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        return RegistryError(
-            f"{self.env.name} registry ({self.uri}): {operation} failed for {self.model_name}: {message}"
-        )
+        if "Max retries exceeded" in message or "Connection refused" in message:
+            return RegistryError(
+                f"the {self.env.name} registry {self.uri} is unreachable ({operation} failed after retries); "
+                "check its registry_uri in config/environments.yaml and that the server is up"
+            )
+        return RegistryError(f"{self.env.name} registry ({self.uri}): {operation} for {self.model_name}: {message}")

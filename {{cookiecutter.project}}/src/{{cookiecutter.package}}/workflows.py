@@ -384,6 +384,9 @@ def run_act(
                 sink.write(f"\nmake ci: act ran longer than {timeout:g}s and was stopped\n")
                 break
         returncode = process.wait()
+    for job in jobs.values():
+        if job.result == "not run" and returncode == 0:
+            job.result = "skipped"  # its `if:` was false for this event
     return ActRun(workflow, event, returncode, log, list(jobs.values()), round(time.perf_counter() - started, 1))
 
 

@@ -22,6 +22,7 @@ from .http import ClusterCallError, JsonApi, Retry
 
 SERVER_VAR, TOKEN_VAR = "ARGOCD_SERVER", "ARGOCD_AUTH_TOKEN"  # the names the argocd CLI reads
 IN_PROGRESS = "another operation is already in progress"
+MODEL_FILE = "model.yaml"
 
 
 class SyncError(MlopsError):
@@ -31,14 +32,14 @@ class SyncError(MlopsError):
 @dataclass(frozen=True)
 class SyncResult:
     env: str
-    method: str  # argocd | kubectl | local
+    method: str  # argocd | kubectl | local | none (nothing to serve yet)
     target: str  # Application name, overlay path or endpoint URL
     revision: str
     detail: str
 
 
 def served_version(root: Path, env: Environment) -> str:
-    path = root / env.overlay / "model.yaml"
+    path = root / env.overlay / MODEL_FILE
     try:
         doc = yaml.safe_load(path.read_text()) or {}
     except (OSError, yaml.YAMLError) as exc:
@@ -47,11 +48,10 @@ def served_version(root: Path, env: Environment) -> str:
 
 
 def sync(cfg: Config, env: Environment, revision: str | None = None, timeout: float = 900.0) -> SyncResult:
+    """Sync `env`; an overlay that declares no model yet (version: none) is left alone: there is
+    nothing verified to serve (e.g. retrain's first production run only opens the deployment PR)."""
     if env.serving and served_version(cfg.root, env) == "none":
-        raise SyncError(
-            f"{env.overlay}/model.yaml names no model (version: none): {env.name} serves only a promoted, "
-            "verified model"
-        )
+        return SyncResult(env.name, "none", env.overlay, "", f"{env.overlay}/{MODEL_FILE} declares no model yet")
     if env.backend == "local":
         return _sync_local(cfg, env)
     revision = revision or os.environ.get("GITHUB_SHA") or _git_head(cfg.root)

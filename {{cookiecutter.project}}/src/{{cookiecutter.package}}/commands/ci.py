@@ -57,7 +57,16 @@ def cmd_sync(args, cfg) -> int:
     cli.progress(f"{env.name}: syncing {env.overlay}")
     result = sync.sync(cfg, env, revision=args.revision, timeout=args.timeout)
     print(cli.table([result.__dict__], ["env", "method", "target", "revision", "detail"]))
+    _github_output(served="true" if result.method != "none" else "false")
     return 0
+
+
+def _github_output(**values: str) -> None:
+    """Step outputs for later steps' `if:` (GITHUB_OUTPUT is set on runners and by act)."""
+    target = os.environ.get("GITHUB_OUTPUT")
+    if target:
+        with open(target, "a") as output:
+            output.writelines(f"{key}={value}\n" for key, value in values.items())
 
 
 def cmd_pr_comment(args, cfg) -> int:
