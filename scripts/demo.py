@@ -448,6 +448,7 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out).resolve()
     patterns = args.pattern or list(PATTERNS)
     signal.signal(signal.SIGTERM, _raise_interrupt)
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # even when started with SIGINT ignored
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
     stories: list[Story] = []
