@@ -48,7 +48,9 @@ def test_retrain_trains_the_validated_pipeline_in_production(lifecycle, monkeypa
     pulls.merge(deploy_pr.number)
     promotion.run_production(cfg)
     assert served_digest(cfg, "production") == trained.digest
-    assert Registry(cfg.env("production"), cfg.model_name).alias("champion").version == trained.version
+    production_registry = Registry(cfg.env("production"), cfg.model_name)
+    assert production_registry.alias("champion").version == trained.version
+    assert production_registry.alias("challenger") is None  # it serves now: no longer a challenger
 
     # a second pipeline run promoted with auto_merge: crash after every production step
     text = (cfg.root / "config/environments.yaml").read_text()

@@ -114,3 +114,25 @@ def test_promotion_body_compares_candidate_and_champion(project_copy):
     assert "| accuracy | 0.9700 | 0.9500 | +0.0200 |" in body
     assert "| accuracy vs champion |" in body and "| git_commit | `abc` |" in body
     assert "make rollback" in body and "p95 3.2 ms" in body
+
+
+def test_cluster_staging_syncs_its_overlay_and_production_leaves_it_to_the_workflow(project_copy, monkeypatch):
+    from {{ cookiecutter.package }} import config
+    from {{ cookiecutter.package }}.cluster import sync
+
+    monkeypatch.setenv("MLOPS_BACKEND", "cluster")
+    cfg = config.load()
+    synced = []
+
+    def fake_sync(cfg, env):
+        synced.append(env.name)
+        return sync.SyncResult(env.name, "kubectl", env.overlay, "abc", "InferenceService ready")
+
+    monkeypatch.setattr(sync, "sync", fake_sync)
+    staging = promotion.Flow("staging", "staging", "transit")
+    assert promotion.serve_and_smoke(cfg, staging, cfg.env("staging"), "v1") is None
+    assert synced == ["staging"] and staging.report.endpoint["sync"]["method"] == "kubectl"
+    assert [(s.step, s.status) for s in staging.report.steps] == [("deploy", "done"), ("smoke", "skipped")]
+    production = promotion.Flow("production", "production", "transit")
+    assert promotion.serve_and_smoke(cfg, production, cfg.env("production"), "v1") is None
+    assert synced == ["staging"] and {s.status for s in production.report.steps} == {"skipped"}

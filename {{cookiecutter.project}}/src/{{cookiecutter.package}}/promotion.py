@@ -503,7 +503,6 @@ def run_sandbox(cfg: Config, c: float | None = None) -> FlowReport:
 
 def run_staging(cfg: Config, c: float | None = None, pulls: gitops.PullRequests | None = None) -> FlowReport:
     """The staging workflow: train, register, serve the test endpoint, smoke, gate, promotion PR."""
-    from . import serving
     from .artifacts import ArtifactStore
     from .modelref import write_model_ref
 
@@ -528,24 +527,18 @@ def run_staging(cfg: Config, c: float | None = None, pulls: gitops.PullRequests 
     with flow.step("model-ref") as step:
         changed = write_model_ref(overlay_dir(cfg, env.name), ref)
         step.detail = f"{env.overlay}/{MODEL_FILE} {'updated' if changed else 'unchanged'}"
-    with flow.step("deploy", "serving") as step:
-        status = serving.deploy_from_overlay(cfg, env.name)
-        step.detail = f"{status.url} serves v{status.version}"
-        flow.report.endpoint = status.to_dict()
-    with flow.step("smoke") as step:
-        smoke = serving.smoke(cfg, env.name)
-        flow.report.smoke = smoke.to_dict()
-        step.detail = f"p95 {smoke.p95_ms:.1f} ms, predictions match: {smoke.predictions_match}"
-        if not smoke.passed:
-            raise PromotionError(f"staging smoke test failed for v{mv.version}: {'; '.join(smoke.failures)}")
+    p95 = serve_and_smoke(cfg, flow, env, f"v{mv.version}")
     with flow.step("gates") as step:
         champion = flow.registry(cfg.env("production"), cfg.model_name).alias("champion")
         results = evaluate_gates(
-            env.gates, mv.metrics, champion.metrics if champion else None, smoke.p95_ms, "environments.staging.gates"
+            env.gates, mv.metrics, champion.metrics if champion else None, p95, "environments.staging.gates"
         )
         flow.report.gates = [r.row() for r in results]
         passed = all(r.passed for r in results)
-        registry.set_tags(mv.version, {TAG_GATES: "passed" if passed else "failed", TAG_SMOKE_P95: f"{smoke.p95_ms}"})
+        tags = {TAG_GATES: "passed" if passed else "failed"}
+        if p95 is not None:
+            tags[TAG_SMOKE_P95] = f"{p95}"
+        registry.set_tags(mv.version, tags)
         step.detail = f"{sum(r.passed for r in results)}/{len(results)} passed"
         if not passed:
             raise GateFailure(_gate_message("staging", f"{mv.name} v{mv.version}", results), flow.finish())
@@ -872,7 +865,6 @@ def _read(path: Path) -> str | None:
 
 def _serve_declared(cfg: Config, flow: Flow) -> None:
     """Make production serve exactly what its model.yaml names: copy if needed, verify, register, champion, serve."""
-    from . import serving
     from .artifacts import ArtifactStore, StoredModel
     from .registry import lineage_tags
 
@@ -923,7 +915,35 @@ def _serve_declared(cfg: Config, flow: Flow) -> None:
     with flow.step("champion") as step:
         if "champion" not in mv.aliases:
             registry.set_alias("champion", mv.version)
+        if "challenger" in mv.aliases:  # it no longer challenges: it serves
+            registry.delete_alias("challenger")
         step.detail = f"champion -> v{mv.version}"
+    serve_and_smoke(cfg, flow, env, f"{mv.name} v{mv.version}")
+    flow.report.model = _model_summary(registry.get(mv.version), env.name)
+
+
+def serve_and_smoke(cfg: Config, flow: Flow, env: Environment, model: str) -> float | None:
+    """Switch the environment's endpoint to its model.yaml and smoke-test it; returns the p95 latency.
+
+    Local backend: the MLServer endpoint (blue/green, verified digest). Cluster backend: staging syncs
+    its overlay here (Argo CD or kubectl); production's workflow syncs and smoke-tests in its next
+    steps (`make sync`, `make smoke`), so this flow only records that.
+    """
+    from . import serving
+
+    if env.backend != "local":
+        if env.name == "production":
+            flow.skip("deploy", "the workflow syncs production next (`make sync ENV=production`)")
+            flow.skip("smoke", "the workflow smoke-tests production next (`make smoke ENV=production`)")
+            return None
+        from .cluster import sync
+
+        with flow.step("deploy", "serving") as step:
+            result = sync.sync(cfg, env)
+            step.detail = f"{result.method}: {result.target} {result.detail}"
+            flow.report.endpoint = {"url": env.cluster.endpoint_url, "sync": asdict(result)}
+        flow.skip("smoke", f"smoke-test {env.cluster.endpoint_url} with `make smoke ENV={env.name}`")
+        return None
     with flow.step("deploy", "serving") as step:
         status = serving.deploy_from_overlay(cfg, env.name)
         flow.report.endpoint = status.to_dict()
@@ -933,8 +953,9 @@ def _serve_declared(cfg: Config, flow: Flow) -> None:
         flow.report.smoke = smoke.to_dict()
         step.detail = f"p95 {smoke.p95_ms:.1f} ms, predictions match: {smoke.predictions_match}"
         if not smoke.passed:
-            raise PromotionError(f"production smoke test failed: {'; '.join(smoke.failures)}; consider `make rollback`")
-    flow.report.model = _model_summary(registry.get(mv.version), env.name)
+            advice = "; consider `make rollback`" if env.name == "production" else ""
+            raise PromotionError(f"{env.name} smoke test failed for {model}: {'; '.join(smoke.failures)}{advice}")
+    return smoke.p95_ms
 
 
 # --- rollback --------------------------------------------------------------------------------

@@ -39,7 +39,8 @@ def _print_report(report, as_json: bool) -> None:
         print(f"branch `{pr['branch']}` -> `{pr['base']}`; files: {', '.join(f'`{f}`' for f in pr['files'])}")
     if report.endpoint:
         endpoint = report.endpoint
-        print(f"\nendpoint: {endpoint['url']} serves {endpoint['model_name']} v{endpoint['version']}")
+        served = f" serves {endpoint['model_name']} v{endpoint['version']}" if "version" in endpoint else ""
+        print(f"\nendpoint: {endpoint['url']}{served}")
     for note in report.notes:
         print(f"\nnote: {note}")
     timings = report.timings
