@@ -160,6 +160,18 @@ def tree_of(root: Path, commit: str) -> str:
     return git(root, "rev-parse", commit + "^" + "{tree}")
 
 
+def uncommitted_paths(root: Path, paths: tuple[str, ...] | list[str]) -> list[str]:
+    """Paths under `paths` with uncommitted changes (staged, unstaged or untracked)."""
+    out = subprocess.run(
+        ["git", "status", "--porcelain", "-z", "--untracked-files=all", "--", *paths],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        check=False,  # outside a git repository nothing counts as uncommitted
+    ).stdout
+    return [entry[3:] for entry in out.split("\0") if len(entry) > 3]
+
+
 def changed_files(root: Path, base: str, commit: str) -> list[str]:
     return sorted(git(root, "diff-tree", "--no-commit-id", "--name-only", "-r", base, commit).split())
 
@@ -415,15 +427,7 @@ class LocalPullRequests:
         """Uncommitted edits equal to what the merge brings are dropped; any other edit stops the merge."""
         if not paths:
             return
-        status = subprocess.run(
-            ["git", "status", "--porcelain", "-z", "--untracked-files=all", "--", *paths],
-            cwd=self.root,
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout
-        for entry in filter(None, status.split("\0")):
-            path = entry[3:]
+        for path in uncommitted_paths(self.root, paths):
             working = self.root / path
             wanted = show(self.root, target, path)
             if wanted is None or not working.is_file() or working.read_text() != wanted:

@@ -29,7 +29,6 @@ import contextlib
 import hashlib
 import json
 import os
-import subprocess
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
@@ -238,14 +237,24 @@ def committed_head(cfg: Config, flow: str) -> str:
 
 def uncommitted(cfg: Config, paths: tuple[str, ...]) -> list[str]:
     """Paths under `paths` with uncommitted changes (staged, unstaged or untracked)."""
-    out = subprocess.run(
-        ["git", "status", "--porcelain", "-z", "--untracked-files=all", "--", *paths],
-        cwd=cfg.root,
-        capture_output=True,
-        text=True,
-        check=False,
-    ).stdout
-    return [entry[3:] for entry in out.split("\0") if len(entry) > 3]
+    return gitops.uncommitted_paths(cfg.root, paths)
+
+
+def _record_verdict(flow, step, registry, mv, results: list, env_name: str, extra_tags: dict | None = None) -> None:
+    """Tag the judged version with the gates' verdict; a failure stops the flow with the table."""
+    flow.report.gates = [r.row() for r in results]
+    passed = all(r.passed for r in results)
+    registry.set_tags(mv.version, {TAG_GATES: "passed" if passed else "failed", **(extra_tags or {})})
+    step.detail = f"{sum(r.passed for r in results)}/{len(results)} passed"
+    if not passed:
+        raise GateFailure(_gate_message(env_name, f"{mv.name} v{mv.version}", results), flow.finish())
+
+
+def _mark_challenger(flow, registry, mv) -> None:
+    with flow.step("challenger") as step:
+        if "challenger" not in registry.get(mv.version).aliases:
+            registry.set_alias("challenger", mv.version)
+        step.detail = f"challenger -> v{mv.version}"
 
 
 def _train(flow: Flow, env: Environment, params: dict[str, float], key: dict[str, Any]) -> dict[str, Any]:
@@ -533,19 +542,9 @@ def run_staging(cfg: Config, c: float | None = None, pulls: gitops.PullRequests 
         results = evaluate_gates(
             env.gates, mv.metrics, champion.metrics if champion else None, p95, "environments.staging.gates"
         )
-        flow.report.gates = [r.row() for r in results]
-        passed = all(r.passed for r in results)
-        tags = {TAG_GATES: "passed" if passed else "failed"}
-        if p95 is not None:
-            tags[TAG_SMOKE_P95] = f"{p95}"
-        registry.set_tags(mv.version, tags)
-        step.detail = f"{sum(r.passed for r in results)}/{len(results)} passed"
-        if not passed:
-            raise GateFailure(_gate_message("staging", f"{mv.name} v{mv.version}", results), flow.finish())
-    with flow.step("challenger") as step:
-        if "challenger" not in registry.get(mv.version).aliases:
-            registry.set_alias("challenger", mv.version)
-        step.detail = f"challenger -> v{mv.version}"
+        extra = {TAG_SMOKE_P95: f"{p95}"} if p95 is not None else {}
+        _record_verdict(flow, step, registry, mv, results, "staging", extra)
+    _mark_challenger(flow, registry, mv)
     with flow.step("pull-request") as step:
         pr, note = open_promotion(cfg, pulls, flow=flow)
         step.detail = note
@@ -803,16 +802,8 @@ def _retrain(cfg: Config, flow: Flow, pulls: gitops.PullRequests | None) -> None
             champion.metrics if champion and champion.digest != mv.digest else None,
             where="environments.production.gates",
         )
-        flow.report.gates = [r.row() for r in results]
-        passed = all(r.passed for r in results)
-        registry.set_tags(mv.version, {TAG_GATES: "passed" if passed else "failed"})
-        step.detail = f"{sum(r.passed for r in results)}/{len(results)} passed"
-        if not passed:
-            raise GateFailure(_gate_message("production", f"{mv.name} v{mv.version}", results), flow.finish())
-    with flow.step("challenger") as step:
-        if "challenger" not in registry.get(mv.version).aliases:
-            registry.set_alias("challenger", mv.version)
-        step.detail = f"challenger -> v{mv.version}"
+        _record_verdict(flow, step, registry, mv, results, "production")
+    _mark_challenger(flow, registry, mv)
     with flow.step("pull-request") as step:
         ref = ModelRef(mv.name, mv.version, mv.digest, mv.source, source_of(env.name, mv.name, mv.version))
         path = overlay_file(cfg, "production")
