@@ -182,28 +182,26 @@ class KfpPipelines:
 
     # --- pipelines and versions -----------------------------------------------------------
 
-    def find_pipeline(self, name: str) -> str | None:
+    def _named(self, what: str, list_call, items: str, name: str, **kwargs) -> list:
+        """Objects of a KFP list call whose display name is exactly `name` (the API filter is a hint)."""
         predicate = {"operation": "EQUALS", "key": "display_name", "stringValue": name}
         result = self._call(
-            f"looking up pipeline {name!r}",
-            self.client.list_pipelines,
+            f"looking up {what} {name!r}",
+            list_call,
             filter=json.dumps({"predicates": [predicate]}),
-            namespace=self.env.namespace,
             page_size=10,
+            **kwargs,
         )
-        pipelines = [p for p in (result.pipelines or []) if p.display_name == name]
+        return [item for item in (getattr(result, items) or []) if item.display_name == name]
+
+    def find_pipeline(self, name: str) -> str | None:
+        pipelines = self._named("pipeline", self.client.list_pipelines, "pipelines", name, namespace=self.env.namespace)
         return pipelines[0].pipeline_id if pipelines else None
 
     def find_version(self, pipeline_id: str, name: str):
-        predicate = {"operation": "EQUALS", "key": "display_name", "stringValue": name}
-        result = self._call(
-            f"looking up pipeline version {name!r}",
-            self.client.list_pipeline_versions,
-            pipeline_id=pipeline_id,
-            filter=json.dumps({"predicates": [predicate]}),
-            page_size=10,
+        versions = self._named(
+            "pipeline version", self.client.list_pipeline_versions, "pipeline_versions", name, pipeline_id=pipeline_id
         )
-        versions = [v for v in (result.pipeline_versions or []) if v.display_name == name]
         return versions[0] if versions else None
 
     def upload(self, package: Path | str, version: str) -> PipelineVersion:
@@ -262,16 +260,10 @@ class KfpPipelines:
         return experiment.experiment_id
 
     def find_run(self, experiment_id: str, name: str):
-        predicate = {"operation": "EQUALS", "key": "display_name", "stringValue": name}
-        result = self._call(
-            f"looking up run {name!r}",
-            self.client.list_runs,
-            experiment_id=experiment_id,
-            filter=json.dumps({"predicates": [predicate]}),
-            sort_by="created_at desc",
-            page_size=10,
+        runs = self._named(
+            "run", self.client.list_runs, "runs", name, experiment_id=experiment_id, sort_by="created_at desc"
         )
-        runs = [r for r in (result.runs or []) if r.display_name == name and (r.state or "").upper() != "FAILED"]
+        runs = [r for r in runs if (r.state or "").upper() != "FAILED"]
         return runs[0] if runs else None
 
     def run(
