@@ -1,3 +1,4 @@
+import dataclasses
 import os
 import shutil
 import stat
@@ -126,8 +127,9 @@ def test_put_rejects_what_is_not_a_model_directory(stores, tmp_path):
         staging.put(tmp_path / "empty")
 
 
-def test_object_store_schemes_are_a_clear_error(project_copy, monkeypatch):
+def test_unimplemented_object_store_schemes_are_a_clear_error(project_copy, monkeypatch):
     monkeypatch.setenv("MLOPS_BACKEND", "cluster")
     env = config.load().env("production")
-    with pytest.raises(ArtifactError, match=r"uses s3://, which this build does not implement"):
+    env = dataclasses.replace(env, cluster=dataclasses.replace(env.cluster, artifact_root="gs://models-bucket"))
+    with pytest.raises(ArtifactError, match=r"uses gs://, which this build does not implement"):
         ArtifactStore(env)
