@@ -1,0 +1,147 @@
+"""Run the pipelines in one environment.
+
+The local backend runs the very same pipeline functions with kfp.local's SubprocessRunner in
+the current interpreter (the project venv plays the project image); each environment keeps
+its runs under .mlops/<env>/pipeline-root, apart from every other environment.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import sys
+import time
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from .config import Environment
+from .errors import MlopsError
+
+
+class PipelineRunError(MlopsError):
+    """A pipeline run failed; the message names the environment and the pipeline."""
+
+
+@dataclass(frozen=True)
+class FeatureRun:
+    env: str
+    features_uri: str
+    snapshot: str
+    rows: int
+    seconds: float
+
+
+@dataclass(frozen=True)
+class TrainingRun:
+    env: str
+    features_uri: str
+    model_uri: str  # a directory holding model.joblib
+    metrics: dict[str, float]
+    snapshot: str
+    params: dict[str, float] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2, sort_keys=True)
+
+
+@contextlib.contextmanager
+def _quiet_kfp(log_path: Path):
+    """kfp.local streams every executor line to stdout; keep it in a log file instead."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "a") as log:
+        saved = os.dup(1), os.dup(2)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.dup2(log.fileno(), 1)
+        os.dup2(log.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            os.close(saved[0])
+            os.close(saved[1])
+
+
+def _init_local(env: Environment) -> None:
+    from kfp import local
+
+    env.pipeline_root.mkdir(parents=True, exist_ok=True)
+    local.init(
+        runner=local.SubprocessRunner(use_venv=False),
+        pipeline_root=str(env.pipeline_root),
+        raise_on_error=True,
+    )
+    logging.getLogger("kfp").setLevel(logging.WARNING)
+
+
+def _run_local(env: Environment, name: str, pipeline, **arguments):
+    _init_local(env)
+    log_path = env.local_dir / "logs" / f"{name}.log"
+    try:
+        with _quiet_kfp(log_path), warnings.catch_warnings():
+            # The local runner ignores resource limits and the base image by design.
+            warnings.filterwarnings("ignore", module=r"kfp\.local\..*")
+            return pipeline(**arguments)
+    except Exception as exc:  # kfp raises RuntimeError with the failing task; keep it short
+        raise PipelineRunError(
+            f"{name} pipeline failed in {env.name}: {str(exc).splitlines()[0]} (full log: {log_path})"
+        ) from exc
+
+
+def run_features(env: Environment, pipelines: dict, test_fraction: float = 0.2, seed: int = 42) -> FeatureRun:
+    """Run the feature pipeline and return where its snapshot is."""
+    if env.backend == "cluster":
+        from .cluster import kfp_api
+
+        return kfp_api.run_features(env, pipelines, test_fraction=test_fraction, seed=seed)
+    feature_pipeline = pipelines["features"]
+    started = time.perf_counter()
+    task = _run_local(env, "features", feature_pipeline, test_fraction=test_fraction, seed=seed)
+    dataset = task.output
+    return FeatureRun(
+        env=env.name,
+        features_uri=dataset.uri,
+        snapshot=dataset.metadata.get("snapshot") or _snapshot(dataset.uri),
+        rows=int(dataset.metadata.get("rows", 0)),
+        seconds=round(time.perf_counter() - started, 3),
+    )
+
+
+def run_training(
+    env: Environment, pipelines: dict, features_uri: str, c: float = 1.0, max_iter: int = 1000, seed: int = 42
+) -> TrainingRun:
+    """Run the training pipeline on a feature snapshot; returns the model and its metrics."""
+    if env.backend == "cluster":
+        from .cluster import kfp_api
+
+        return kfp_api.run_training(env, pipelines, features_uri, c=c, max_iter=max_iter, seed=seed)
+    training_pipeline = pipelines["training"]
+
+    if not Path(features_uri).exists():
+        raise PipelineRunError(f"features_uri {features_uri!r} does not exist in {env.name}")
+    started = time.perf_counter()
+    task = _run_local(env, "training", training_pipeline, features_uri=features_uri, c=c, max_iter=max_iter, seed=seed)
+    model, metrics = task.outputs["model"], task.outputs["metrics"]
+    return TrainingRun(
+        env=env.name,
+        features_uri=features_uri,
+        model_uri=model.uri,
+        metrics=json.loads(Path(metrics.uri).read_text()),
+        snapshot=_snapshot(features_uri),
+        params={"c": c, "max_iter": max_iter, "seed": seed},
+        seconds=round(time.perf_counter() - started, 3),
+    )
+
+
+def _snapshot(features_uri: str) -> str:
+    """The data snapshot recorded with every model: the content hash of the features artifact."""
+    import hashlib
+
+    return "sha256:" + hashlib.sha256(Path(features_uri).read_bytes()).hexdigest()

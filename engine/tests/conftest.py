@@ -1,0 +1,22 @@
+import os
+from pathlib import Path
+
+import pytest
+
+from example import ROOT
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+# `make ci` (act) points MLOPS_LOCAL_ROOT at the repository's .mlops for a workflow's steps; the
+# unit tests such a workflow runs keep to their own temporary state (session fixtures included).
+os.environ.pop("MLOPS_LOCAL_ROOT", None)
+
+
+@pytest.fixture()
+def project_copy(tmp_path, monkeypatch):
+    """A throwaway copy of the repository's config and deploy tree, with its own .mlops."""
+    import shutil
+
+    for folder in ("config", "deploy"):
+        shutil.copytree(ROOT / folder, tmp_path / folder)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLOPS_BACKEND", "local")
+    return tmp_path

@@ -1,0 +1,58 @@
+"""The lifecycle commands on a fresh repository: what each says before any model exists, and one
+clear error line (exit 1) for every mistake. Fast: nothing here trains or serves."""
+
+import pytest
+
+import lifecycle_support as support
+from mlrail import cli
+
+blank_registry_db = support.blank_registry_db
+lifecycle = support.lifecycle
+
+
+@pytest.fixture()
+def fresh(lifecycle):
+    return lifecycle("transit")
+
+
+def run(capsys, *argv):
+    capsys.readouterr()
+    code = cli.main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_commands_before_any_model(fresh, capsys):
+    assert run(capsys, "prs")[:2] == (0, "no pull requests yet\n")
+    code, out, _ = run(capsys, "production")
+    assert code == 0 and "declares no model yet (version: none): nothing to serve" in out
+    code, out, _ = run(capsys, "status")
+    assert code == 0 and "| production | 0 |" in out and "| sandbox | 0 |" in out
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["merge", "--pr", "7"], "error: pull request #7 does not exist (known: none yet)"),
+        (["rollback"], "error: nothing to roll back to"),
+        (["promote"], "error: staging has no challenger: run `make staging`"),
+        (["staging", "--c", "0"], "error: --c is 0.0; expected a positive regularisation strength"),
+    ],
+)
+def test_mistakes_are_one_line_and_exit_1(fresh, capsys, argv, message):
+    code, out, err = run(capsys, *argv)
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert code == 1 and len(errors) == 1 and errors[0].startswith(message) and "Traceback" not in err
+
+
+def test_staging_trains_committed_code_only(fresh, capsys):
+    (fresh.root / "src").mkdir()
+    (fresh.root / "src" / "idea.py").write_text("FEATURE = 1\n")
+    code, _, err = run(capsys, "staging")
+    assert code == 1 and "staging trains committed code only, but src/idea.py has uncommitted changes" in err
+
+
+def test_unknown_pull_request_backend(fresh, capsys, monkeypatch):
+    monkeypatch.setenv("MLOPS_PULL_REQUESTS", "gitea")
+    code, _, err = run(capsys, "prs")
+    assert code == 1 and "MLOPS_PULL_REQUESTS='gitea' names no pull-request backend" in err
