@@ -49,9 +49,8 @@ def report(summary: dict) -> float:
     print("\n".join(rows))
     print(f"| **both** | {wall:.1f} | | | | {inner:.1f} | **{ratio:.2f}** |")
     totals = {p: s.get("total_seconds") for p, s in summary["patterns"].items()}
-    print(
-        f"\ndemo wall time per pattern (with generate, bootstrap, check): {totals}; whole run {summary['wall_seconds']}s"
-    )
+    whole = summary["wall_seconds"]
+    print(f"\ndemo wall time per pattern (with generate, bootstrap, check): {totals}; whole run {whole}s")
     print(f"orchestration overhead ratio: {ratio:.2f} (target <= {TARGET})")
     return ratio
 

@@ -3,6 +3,7 @@
 
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -10,6 +11,8 @@ from pathlib import Path
 
 # jsonify then tojson: a JSON document inside a Python string literal, whatever the answers hold.
 CONTEXT = json.loads({{ cookiecutter | jsonify | tojson }})
+# jsonify sorts the keys; cruft records them in cookiecutter's order (cookiecutter.json's).
+KEY_ORDER = json.loads({{ cookiecutter.keys() | list | tojson | tojson }})
 ROOT = Path.cwd()
 # git without the variables that point it at another repository (cookiecutter may run inside
 # a git hook of another repository): the new project is committed, never that one.
@@ -69,28 +72,57 @@ def apply_argocd(choice):
         remove("deploy/argocd")
 
 
-def template_commit():
-    if not TEMPLATE_DIR or not Path(TEMPLATE_DIR).is_dir() or not shutil.which("git"):
-        return None
+def _git(*argv):
     result = subprocess.run(
-        ["git", "-C", TEMPLATE_DIR, "rev-parse", "HEAD"], capture_output=True, text=True, check=False, env=GIT_ENV
+        ["git", "-C", TEMPLATE_DIR, *argv],
+        capture_output=True,
+        text=True,
+        check=False,
+        env=GIT_ENV,
     )
     return result.stdout.strip() if result.returncode == 0 else None
 
 
+def template_commit():
+    """The template commit rendered: cruft passes it (`_commit`); cookiecutter renders the
+    checkout it cloned (a git URL) or the local directory as it is. A local checkout with
+    uncommitted changes was not rendered from any commit: its HEAD is recorded with a warning."""
+    if CONTEXT.get("_commit"):
+        return CONTEXT["_commit"]
+    if not TEMPLATE_DIR or not Path(TEMPLATE_DIR).is_dir() or not shutil.which("git"):
+        return None
+    head = _git("rev-parse", "--verify", "HEAD^{commit}")
+    if head and _git("status", "--porcelain"):
+        print(
+            f"warning: the template {TEMPLATE_DIR} has uncommitted changes; .cruft.json records its HEAD "
+            f"{head[:12]}, which is not exactly what was generated (commit the template first).",
+            file=sys.stderr,
+        )
+    return head
+
+
+# Keys cookiecutter's own run adds to the context; cruft's .cruft.json does not carry them.
+RUN_KEYS = ("_output_dir", "_repo_dir", "_checkout", "_template", "_commit")
+
+
 def record_answers():
-    """The .cruft.json `cruft update` reads: template, commit and every answer."""
-    answers = {key: value for key, value in CONTEXT.items() if not key.startswith("_")}
+    """.cruft.json exactly as `cruft create` writes it (key order, the rendered commit, json
+    layout), so `cruft diff` and `cruft update` start from a clean state."""
+    commit = template_commit()
+    ordered = [key for key in KEY_ORDER if key in CONTEXT] + [key for key in CONTEXT if key not in KEY_ORDER]
+    answers = {key: CONTEXT[key] for key in ordered if key not in RUN_KEYS and key != "__prompts__"}
     answers["_template"] = TEMPLATE
+    answers["_commit"] = commit
     record = {
         "template": TEMPLATE,
-        "commit": template_commit(),
+        "commit": commit,
         "checkout": CONTEXT.get("_checkout"),
         "context": {"cookiecutter": answers},
         "directory": None,
         "skip": [".git", ".mlops", ".venv", "build"],
     }
-    (ROOT / ".cruft.json").write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
+    text = json.dumps(record, ensure_ascii=False, indent=2, separators=(",", ": ")) + "\n"
+    (ROOT / ".cruft.json").write_text(text, encoding="utf-8")
 
 
 def initial_commit():
@@ -113,11 +145,30 @@ def initial_commit():
             return
 
 
+def next_steps():
+    """The one thing cookiecutter does not say: what to run now."""
+    try:
+        where = os.path.relpath(ROOT, os.environ.get("PWD") or os.getcwd())
+    except ValueError:
+        where = str(ROOT)
+    where = str(ROOT) if where.startswith("..") else where
+    engine = CONTEXT.get("_engine_version", "")
+    print(
+        f"Generated {CONTEXT['project']} in {where} ({CONTEXT['promotion']} promotion, "
+        f"Argo CD: {CONTEXT['argocd']}). Next:"
+    )
+    print(f"  cd {shlex.quote(where)} && make bootstrap && make check")
+    print(f"Before mlrail {engine} is on your package index, bootstrap from a folder holding its wheel:")
+    print("  make bootstrap ENGINE_WHEELS=/absolute/path/to/wheels")
+
+
 def main():
     apply_promotion(CONTEXT["promotion"])
     apply_argocd(CONTEXT["argocd"])
     record_answers()
     initial_commit()
+    if not CONTEXT.get("_commit"):  # cruft re-renders the template for diff/update: no advice then
+        next_steps()
 
 
 if __name__ == "__main__":

@@ -4,9 +4,12 @@ A bad input prints one line naming the key, the value and the expected form, the
 cookiecutter then removes the half-made output directory. No traceback from this hook.
 """
 
+import json
 import keyword
 import re
 import sys
+
+from slugify import slugify as pyslugify  # cookiecutter's own slugify (python-slugify)
 
 ENVIRONMENTS = ("sandbox", "staging", "production")
 # Names derived from the project and their limits: DNS-1123 labels (63 characters) for the
@@ -16,28 +19,34 @@ MAX_PROJECT = min(limit - len(suffix) for suffix, limit in DERIVED_LIMITS.items(
 KUBERNETES_RANGE = (25, 37)  # the schemas kubernetes-validate 1.37 ships
 PYTHON_RANGE = (11, 13)
 
-# tojson renders each answer as a string literal that is valid Python too, whatever it holds.
+# Each answer as JSON text inside a Python string literal, decoded here: tojson alone writes a
+# character outside the BMP as a surrogate pair that Python would read as two lone surrogates.
 ANSWERS = {
-    "project_name": {{ cookiecutter.project_name | tojson }},
-    "project": {{ cookiecutter.project | tojson }},
-    "package": {{ cookiecutter.package | tojson }},
-    "description": {{ cookiecutter.description | tojson }},
-    "github_owner": {{ cookiecutter.github_owner | tojson }},
-    "release_owners": {{ cookiecutter.release_owners | tojson }},
-    "container_registry": {{ cookiecutter.container_registry | tojson }},
-    "promotion": {{ cookiecutter.promotion | tojson }},
-    "sandbox_registry_uri": {{ cookiecutter.sandbox_registry_uri | tojson }},
-    "staging_registry_uri": {{ cookiecutter.staging_registry_uri | tojson }},
-    "production_registry_uri": {{ cookiecutter.production_registry_uri | tojson }},
-    "kubernetes_version": {{ cookiecutter.kubernetes_version | tojson }},
-    "python_version": {{ cookiecutter.python_version | tojson }},
-    "argocd": {{ cookiecutter.argocd | tojson }},
+    "project_name": json.loads({{ cookiecutter.project_name | tojson | tojson }}),
+    "project": json.loads({{ cookiecutter.project | tojson | tojson }}),
+    "package": json.loads({{ cookiecutter.package | tojson | tojson }}),
+    "description": json.loads({{ cookiecutter.description | tojson | tojson }}),
+    "github_owner": json.loads({{ cookiecutter.github_owner | tojson | tojson }}),
+    "release_owners": json.loads({{ cookiecutter.release_owners | tojson | tojson }}),
+    "container_registry": json.loads({{ cookiecutter.container_registry | tojson | tojson }}),
+    "promotion": json.loads({{ cookiecutter.promotion | tojson | tojson }}),
+    "sandbox_registry_uri": json.loads({{ cookiecutter.sandbox_registry_uri | tojson | tojson }}),
+    "staging_registry_uri": json.loads({{ cookiecutter.staging_registry_uri | tojson | tojson }}),
+    "production_registry_uri": json.loads({{ cookiecutter.production_registry_uri | tojson | tojson }}),
+    "kubernetes_version": json.loads({{ cookiecutter.kubernetes_version | tojson | tojson }}),
+    "python_version": json.loads({{ cookiecutter.python_version | tojson | tojson }}),
+    "argocd": json.loads({{ cookiecutter.argocd | tojson | tojson }}),
 }
 
 
 def check_project_name(value):
-    if not value.strip() or len(value) > 80 or any(c in value for c in "\"'`\\\n{}$"):
-        return "1 to 80 characters without quotes, backslashes, braces or $"
+    # The slug (the default of `project`) must not be empty: cookiecutter would then render the
+    # project into the output directory itself and fail with "already exists".
+    if not pyslugify(value) or len(value) > 80 or any(c in value for c in "\"'`\\\n{}$"):
+        return (
+            "1 to 80 characters with at least one letter or digit (the project slug is made from it), "
+            "without quotes, backslashes, braces or $"
+        )
 
 
 def check_project(value):

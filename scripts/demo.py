@@ -8,6 +8,10 @@ production (transit: copy; retrain: retrain, then merge the deployment PR), a pr
 production endpoint over HTTP, a second promotion, and a rollback to the first model (revert PR,
 merge, production reconcile).
 
+Both patterns run side by side (one thread each: every step is a subprocess, so two cores are
+used). Projects bootstrap against the engine wheel built from `engine/` (ENGINE_WHEELS, built
+by `make engine` when not given): what is demonstrated is what ships.
+
 It prints a table per phase with timings, stops every server it started (also on failure or
 Ctrl-C), and writes `build/demo/summary.json`. Running it again replaces the previous demo (its
 virtualenv is kept, so reruns skip most of the install). Standard library only, plus
@@ -23,15 +27,29 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 TEMPLATE = Path(__file__).resolve().parents[1]
 PATTERNS = ("transit", "retrain")
 MARKER = ".mlops-demo"  # written into the output folder: only a folder the demo made is ever replaced
-SECOND_CANDIDATE_C = "0.5"  # a second model (other regularisation) that passes the gates
+SECOND_CANDIDATE = "c=0.5"  # a second model (other regularisation) that passes the gates
+ENGINE_DIST = TEMPLATE / "build" / "engine-dist"
+# The served model's own input example as an Open Inference Protocol v2 request (what the
+# project README shows and the smoke test sends), read with the project's engine.
+INPUT_EXAMPLE = (
+    "import sys; from mlrail import artifacts, config, serving; cfg = config.load(); env = cfg.env(sys.argv[1]); "
+    "model = serving.declared_model(cfg, env); "
+    "print(serving.input_example(artifacts.ArtifactStore(env).local_path(model.storage_uri)).model_dump_json())"
+)
+_PRINT = threading.Lock()
+_GENERATING = threading.Lock()
+STOPPING = threading.Event()  # set on Ctrl-C / SIGTERM: no story starts another command
+_RUNNING: set[subprocess.Popen] = set()
 # Phases whose time the overhead ratio compares with the time spent inside training, registry
 # calls and server start-up (setup phases — generate, bootstrap, check — are excluded).
 LIFECYCLE_PHASES = (
@@ -74,15 +92,23 @@ class Story:
 
     def run(self, phase: str, argv: list[str]) -> tuple[str, float]:
         """Run a command in the project; stdout is returned, everything is appended to the log."""
+        if STOPPING.is_set():
+            raise DemoError(f"{self.pattern}: interrupted before phase {phase!r}")
         started = time.perf_counter()
         with open(self.log, "a") as log:
             log.write(f"\n$ {' '.join(argv)}\n")
             log.flush()
-            result = subprocess.run(
-                argv, cwd=self.project, stdout=subprocess.PIPE, stderr=log, text=True, env=child_env(), check=False
+            process = subprocess.Popen(
+                argv, cwd=self.project, stdout=subprocess.PIPE, stderr=log, text=True, env=child_env()
             )
-            log.write(result.stdout)
+            _RUNNING.add(process)
+            try:
+                stdout, _ = process.communicate()
+            finally:
+                _RUNNING.discard(process)
+            log.write(stdout)
         seconds = time.perf_counter() - started
+        result = subprocess.CompletedProcess(argv, process.returncode, stdout)
         if result.returncode != 0:
             raise DemoError(
                 f"{self.pattern}: phase {phase!r} failed: `{' '.join(argv)}` exited {result.returncode} "
@@ -91,9 +117,8 @@ class Story:
         return result.stdout, seconds
 
     def cli(self, phase: str, *args: str) -> tuple[dict | list, float]:
-        """One CLI command with --json (what the make target of the same name runs)."""
-        python = str(self.project / ".venv" / "bin" / "python")
-        out, seconds = self.run(phase, [python, "-m", f"{self.package}.cli", *args, "--json"])
+        """One engine command with --json (what the make target of the same name runs)."""
+        out, seconds = self.run(phase, [str(self.project / ".venv" / "bin" / "mlrail"), *args, "--json"])
         return json.loads(out), seconds
 
     def make(self, phase: str, target: str) -> float:
@@ -106,7 +131,8 @@ class Story:
                 inner[key] += float(report.get("timings", {}).get(key, 0.0))
         phase = Phase(name, command, round(seconds, 2), result, {k: round(v, 3) for k, v in inner.items()})
         self.phases.append(phase)
-        print(f"  {self.pattern:<8} {name:<17} {seconds:6.1f}s  {result}", flush=True)
+        with _PRINT:
+            print(f"  {self.pattern:<8} {name:<17} {seconds:6.1f}s  {result}", flush=True)
 
 
 def child_env() -> dict[str, str]:
@@ -114,7 +140,27 @@ def child_env() -> dict[str, str]:
     for key in ("MLOPS_FAULT", "MLOPS_LOCAL_ROOT", "MLOPS_PULL_REQUESTS"):
         env.pop(key, None)
     env.update(MLFLOW_DISABLE_TELEMETRY="true", MLOPS_BACKEND="local", PYTHONUNBUFFERED="1")
+    env["ENGINE_WHEELS"] = str(engine_wheels())
     return env
+
+
+def engine_wheels() -> Path:
+    """The folder with the engine wheel: ENGINE_WHEELS (`make demo` builds it), else built now."""
+    if os.environ.get("ENGINE_WHEELS"):
+        return Path(os.environ["ENGINE_WHEELS"]).resolve()
+    with _PRINT:
+        if not any(ENGINE_DIST.glob("mlrail-*.whl")) or not os.environ.get("_DEMO_ENGINE_BUILT"):
+            result = subprocess.run(
+                ["make", "--no-print-directory", "-C", str(TEMPLATE), "engine"],
+                capture_output=True,
+                text=True,
+                check=False,
+                timeout=300,
+            )
+            if result.returncode != 0:
+                raise DemoError(f"building the engine wheel failed (`make engine`):\n{result.stdout}{result.stderr}")
+            os.environ["_DEMO_ENGINE_BUILT"] = "1"
+    return ENGINE_DIST
 
 
 # --- generation ------------------------------------------------------------------------------
@@ -132,6 +178,11 @@ def generate(story: Story) -> Path:
     """A fresh project; a previous demo's venv is moved aside and back so reruns install little."""
     from cookiecutter.main import cookiecutter
 
+    with _GENERATING:  # cookiecutter changes the process's working directory while it runs hooks
+        return _generate(story, cookiecutter)
+
+
+def _generate(story: Story, cookiecutter) -> Path:
     target = story.out / story.pattern
     kept_venv = story.out / f".venv-{story.pattern}"
     for previous in target.glob("*/.cruft.json"):
@@ -163,11 +214,11 @@ def package_of(project: Path) -> str:
 
 def stop_servers(project: Path) -> None:
     """Stop every endpoint a project runs (the project's `make stop`); quiet when none runs."""
-    python = project / ".venv" / "bin" / "python"
-    if not python.exists() or not (project / ".mlops").exists():
+    engine = project / ".venv" / "bin" / "mlrail"
+    if not engine.exists() or not (project / ".mlops").exists():
         return
     subprocess.run(
-        [str(python), "-m", f"{package_of(project)}.cli", "stop"],
+        [str(engine), "stop"],
         cwd=project,
         capture_output=True,
         env=child_env(),
@@ -184,30 +235,18 @@ def model_fields(report: dict) -> dict:
     return {key: model.get(key) for key in ("env", "name", "version", "digest", "storage_uri", "metrics")}
 
 
-def predict(story: Story, endpoint: dict) -> dict:
-    """A real HTTP request to the production endpoint (Open Inference Protocol v2)."""
-    if not story.rows:  # three rows of the test split, as the project's smoke test picks them
-        python = str(story.project / ".venv" / "bin" / "python")
-        code = f"import json; from {story.package} import serving; print(json.dumps(serving.sample_test_rows(3)))"
-        story.rows = json.loads(story.run("predict", [python, "-c", code])[0])
-    rows = story.rows
-    body = {
-        "inputs": [
-            {
-                "name": "input-0",
-                "shape": [len(rows), len(rows[0])],
-                "datatype": "FP64",
-                "data": [value for row in rows for value in row],
-            }
-        ]
-    }
+def predict(story: Story, endpoint: dict, env: str = "production") -> dict:
+    """A real HTTP request to the endpoint (Open Inference Protocol v2) with the served model's
+    own input example: after a rollback across a feature change it still matches."""
+    python = str(story.project / ".venv" / "bin" / "python")
+    body = json.loads(story.run("predict", [python, "-c", INPUT_EXAMPLE, env])[0])
     url = f"{endpoint['url']}/v2/models/{endpoint['model_name']}/infer"
     request = urllib.request.Request(url, json.dumps(body).encode(), {"Content-Type": "application/json"})
     with urllib.request.urlopen(request, timeout=30) as response:
         answer = json.loads(response.read())
     return {
         "url": url,
-        "rows": len(rows),
+        "rows": max((item.get("shape") or [0])[0] for item in body["inputs"]),
         "model_name": answer["model_name"],
         "model_version": answer.get("model_version"),
         "predictions": answer["outputs"][0]["data"],
@@ -239,7 +278,6 @@ def promote_to_production(story: Story, phase: str, pr_number: int) -> tuple[dic
 
 
 def run_story(story: Story, skip_check: bool = False) -> None:
-    print(f"\n## {story.pattern}\n", flush=True)
     started = time.perf_counter()
     story.project = generate(story)
     story.package = package_of(story.project)
@@ -305,13 +343,13 @@ def run_story(story: Story, skip_check: bool = False) -> None:
 
     # a second candidate, promoted the same way; then roll back to the first model
     started = time.perf_counter()
-    second_staging, _ = story.cli("second promotion", "staging", "--c", SECOND_CANDIDATE_C)
+    second_staging, _ = story.cli("second promotion", "staging", "--param", SECOND_CANDIDATE)
     second, second_reports, _, _ = promote_to_production(
         story, "second promotion", second_staging["pull_request"]["number"]
     )
     story.record(
         "second promotion",
-        f"make staging C={SECOND_CANDIDATE_C}; merge; make production",
+        f'make staging PARAMS="{SECOND_CANDIDATE}"; merge; make production',
         time.perf_counter() - started,
         f"production serves {second['report']['endpoint']['digest'][:19]}",
         second_staging,
@@ -370,6 +408,22 @@ def run_story(story: Story, skip_check: bool = False) -> None:
         raise DemoError(f"{story.pattern}: the story ended in a wrong state: {', '.join(failed)} (see summary.json)")
 
 
+def run_guarded(story: Story, skip_check: bool) -> str | None:
+    """One story in its thread: None when it ended well, else the one-line error (a bug's
+    traceback goes to the story's log)."""
+    try:
+        run_story(story, skip_check=skip_check)
+    except DemoError as exc:
+        return str(exc)
+    except Exception as exc:  # a wrong report shape or similar: name it, keep the traceback in the log
+        import traceback
+
+        with open(story.log, "a") as log:
+            log.write(traceback.format_exc())
+        return f"{story.pattern}: {type(exc).__name__}: {exc} (traceback in {story.log})"
+    return None
+
+
 def verify(story: Story) -> dict[str, bool]:
     """What the demo promises, checked on its own results."""
     s = story.summary
@@ -377,7 +431,7 @@ def verify(story: Story) -> dict[str, bool]:
     promoted = s["staging"]["digest"] if story.pattern == "transit" else production["digest"]
     return {
         "production serves the promoted model": production["served_digest"] == promoted,
-        "registry, model.yaml and endpoint digests match": production["digest"] == production["served_digest"],
+        "registry, release and endpoint digests match": production["digest"] == production["served_digest"],
         "prediction came from that model": s["prediction"]["served_digest"] == production["served_digest"],
         "second promotion switched serving": s["second_promotion"]["production_served_digest"]
         != production["served_digest"],
@@ -458,12 +512,22 @@ def main(argv: list[str] | None = None) -> int:
     try:
         prepare_out(out)
         prepared = True
+        engine_wheels()
         for pattern in patterns:
             log = out / f"{pattern}.log"
             log.write_text("")
-            story = Story(pattern, out, log)
-            stories.append(story)
-            run_story(story, skip_check=args.skip_check)
+            stories.append(Story(pattern, out, log))
+        print(f"running {', '.join(patterns)} side by side (logs: {out}/<pattern>.log)", flush=True)
+        pool = ThreadPoolExecutor(max_workers=len(stories))
+        try:
+            futures = [pool.submit(run_guarded, story, args.skip_check) for story in stories]
+            errors = [message for future in futures if (message := future.result())]
+        finally:
+            STOPPING.set()  # after an interrupt: the other story starts nothing more
+            for process in list(_RUNNING):
+                process.terminate()
+            pool.shutdown(wait=False, cancel_futures=True)
+        error = "; ".join(errors) or None
     except DemoError as exc:
         error = str(exc)
     except KeyboardInterrupt:

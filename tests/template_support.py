@@ -83,6 +83,125 @@ CLUSTER_SCOPED = {
 }
 
 
+ENGINE = ROOT / "engine"
+ENGINE_DIST = ROOT / "build" / "engine-dist"
+# What a person's environment must not leak into a generated repository's make: this run's
+# pytest, xdist, make and virtualenv state, and any engine or GitHub settings.
+LEAKY_PREFIXES = (
+    "PYTEST_",
+    "MAKE",
+    "MFLAGS",
+    "VIRTUAL_ENV",
+    "COV_CORE_",
+    "MLOPS_",
+    "GITHUB_",
+)
+
+
+def engine_version() -> str:
+    import tomllib
+
+    return tomllib.loads((ENGINE / "pyproject.toml").read_text())["project"]["version"]
+
+
+def engine_wheels() -> Path:
+    """The folder holding the engine wheel generated repositories bootstrap against: the one
+    `make test` built (ENGINE_WHEELS), else built here once (a lock keeps xdist workers from
+    building it side by side). Only third-party packages come from the package index."""
+    from filelock import FileLock
+
+    folder = Path(os.environ.get("ENGINE_WHEELS") or ENGINE_DIST).resolve()
+    wheel = folder / f"mlrail-{engine_version()}-py3-none-any.whl"
+    folder.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(folder / ".build.lock"), timeout=300):
+        sources = [
+            ENGINE / "pyproject.toml",
+            *(p for p in (ENGINE / "src").rglob("*.py")),
+        ]
+        if not wheel.exists() or wheel.stat().st_mtime < max(p.stat().st_mtime for p in sources):
+            for old in folder.glob("mlrail-*.whl"):
+                old.unlink()
+            argv = [
+                "uv",
+                "build",
+                "--quiet",
+                "--wheel",
+                str(ENGINE),
+                "--out-dir",
+                str(folder),
+            ]
+            result = subprocess.run(argv, capture_output=True, text=True, timeout=300, check=False)
+            assert result.returncode == 0 and wheel.exists(), f"`{' '.join(argv)}` failed:\n{result.stderr}"
+    return folder
+
+
+def uv_cache_dir() -> str:
+    """One uv cache for every generated repository of the run (the template venv's, warm)."""
+    if os.environ.get("UV_CACHE_DIR"):
+        return os.environ["UV_CACHE_DIR"]
+    found = subprocess.run(["uv", "cache", "dir"], capture_output=True, text=True, timeout=60, check=False)
+    return found.stdout.strip() if found.returncode == 0 else ""
+
+
+def generated_repo_env(workers: int = 1, **extra: str) -> dict[str, str]:
+    """The environment of a person running make in a new repository, bootstrapping against the
+    locally built engine. Its `pytest -n auto` gets `workers` workers: end-to-end tests run side
+    by side on two cores already."""
+    env = {key: value for key, value in os.environ.items() if not key.startswith(LEAKY_PREFIXES)}
+    env.update(
+        MLFLOW_DISABLE_TELEMETRY="true",
+        PYTEST_XDIST_AUTO_NUM_WORKERS=str(workers),
+        ENGINE_WHEELS=str(engine_wheels()),
+    )
+    if cache := uv_cache_dir():
+        env["UV_CACHE_DIR"] = cache
+    env.update(extra)
+    return env
+
+
+def run_make(project: Path, *args: str, env: dict[str, str], timeout: float = 900) -> tuple[float, str]:
+    """`make <args>` in a generated repository: (seconds, output); a failure or a hang fails the
+    test with the output's tail and the logs of act runs, if any."""
+    import time
+
+    import pytest
+
+    started = time.monotonic()
+    try:
+        result = subprocess.run(
+            ["make", *args],
+            cwd=project,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+    except subprocess.TimeoutExpired as error:
+        output = error.stdout if isinstance(error.stdout, str) else (error.stdout or b"").decode(errors="replace")
+        pytest.fail(
+            f"`make {' '.join(args)}` in {project} timed out after {timeout:g}s:\n{tail(output)}",
+            pytrace=False,
+        )
+    seconds = time.monotonic() - started
+    print(f"make {' '.join(args)}: {seconds:.0f}s")
+    if result.returncode != 0:
+        logs = "\n".join(
+            f"--- {log.name} (tail)\n{tail(log.read_text(errors='replace'), 60)}"
+            for log in sorted((project / "build" / "ci").glob("*.log"))
+        )
+        pytest.fail(
+            f"`make {' '.join(args)}` in {project} exited {result.returncode}:\n{tail(result.stdout)}\n{logs}",
+            pytrace=False,
+        )
+    return seconds, result.stdout
+
+
+def tail(output: str, lines: int = 80) -> str:
+    return "\n".join(output.splitlines()[-lines:])
+
+
 def answer_keys() -> list[str]:
     """The questions cookiecutter asks: every key but `__prompts__` and private `_` keys."""
     return [key for key in json.loads(COOKIECUTTER_JSON.read_text()) if not key.startswith("_")]

@@ -8,15 +8,15 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from template_support import ROOT
+from template_support import ROOT, generated_repo_env
 
-DEMO_TIMEOUT = 1500  # seconds; the budget is 5 minutes on 2 cores, this only stops a hang
+DEMO_TIMEOUT = 900  # seconds; the target is 2 minutes warm on 2 cores, this only stops a hang
+PRODUCTION_RELEASE = "deploy/overlays/production/release.yaml"
 
 
 def load_demo():
@@ -71,7 +71,7 @@ def test_regenerating_replaces_the_project_and_keeps_its_venv(tmp_path, cookiecu
 @pytest.mark.xdist_group("deep-demo")
 def test_make_demo_promotes_serves_and_rolls_back_both_patterns(tmp_path):
     out = tmp_path / "demo"
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST_", "MAKE", "MFLAGS", "VIRTUAL_ENV"))}
+    env = generated_repo_env()
     result = subprocess.run(
         [sys.executable, str(ROOT / "scripts" / "demo.py"), "--out", str(out)],
         cwd=ROOT,
@@ -91,24 +91,20 @@ def test_make_demo_promotes_serves_and_rolls_back_both_patterns(tmp_path):
     for pattern, story in summary["patterns"].items():
         assert all(story["checks"].values()), (pattern, story["checks"])
         production, staging = story["production"], story["staging"]
-        # production serves the promoted model: registry, model.yaml and endpoint agree on the digest
+        # production serves the promoted model: registry, release and endpoint agree on the digest
         assert production["served_digest"] == production["digest"] == story["prediction"]["served_digest"]
         assert production["digest"].startswith("sha256:") and production["name"] == staging["name"]
         assert staging["metrics"]["accuracy"] > 0.9 and production["metrics"]["roc_auc"] > 0.95
-        assert len(story["prediction"]["predictions"]) == story["prediction"]["rows"] == 3
+        assert story["prediction"]["rows"] >= 1 and story["prediction"]["predictions"]
         assert story["rollback"]["production_served_digest"] == production["digest"]
         for phase in ("generate", "bootstrap", "check", "sandbox", "staging", "production", "rollback"):
             assert story["timings"][phase] >= 0
         assert story["overhead"]["ratio"] > 1.0
     transit, retrain = summary["patterns"]["transit"], summary["patterns"]["retrain"]
     assert transit["production"]["digest"] == transit["staging"]["digest"]  # the very artifact staging validated
-    assert transit["promotion_pr"]["files"] == [
-        "deploy/overlays/production/model.yaml",
-        "deploy/overlays/staging/model.yaml",
-    ]
-    assert retrain["promotion_pr"]["files"] == [
-        "deploy/overlays/production/pipeline.yaml",
-        "deploy/overlays/staging/model.yaml",
-    ]
-    assert retrain["deployment_pr"]["files"] == ["deploy/overlays/production/model.yaml"]
+    # a promotion PR changes production's release (and staging's record of what it validated)
+    for story in (transit, retrain):
+        assert PRODUCTION_RELEASE in story["promotion_pr"]["files"]
+        assert set(story["promotion_pr"]["files"]) <= {PRODUCTION_RELEASE, "deploy/overlays/staging/release.yaml"}
+    assert retrain["deployment_pr"]["files"] == [PRODUCTION_RELEASE]
     assert retrain["production"]["env"] == "production"  # trained in production, not copied

@@ -108,9 +108,9 @@ def test_custom_answers_reach_the_files_that_use_them(baked_variants):
     version = baked.answers["python_version"]
     assert f"PYTHON_VERSION={version}\n" in texts["Dockerfile"] or f"python:{version}" in texts["Dockerfile"]
     assert f'kubernetes_version: "{baked.answers["kubernetes_version"]}"' in texts["config/environments.yaml"]
-    assert f"-m {package}.cli" in texts["Makefile"]
-    assert f'"{package}.cli:main"' in texts["pyproject.toml"]
+    assert f"{package}.pipelines:training_pipeline" in texts["config/environments.yaml"]
     assert f'name = "{project}"' in texts["pyproject.toml"]
+    assert f'"mlrail=={baked.answers["_engine_version"]}"' in texts["pyproject.toml"]
     # the project slug and the package differ here: each must be used where it belongs
     wrong_package = project.replace("-", "_")
     assert not [name for name, text in texts.items() if wrong_package in text]

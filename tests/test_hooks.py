@@ -96,6 +96,9 @@ def test_project_default_is_a_slug_of_the_name():
         ("description", "x" * 301, False),
         ("project_name", "", False),
         ("project_name", "Model $X", False),
+        ("project_name", "!!!", False),
+        ("project_name", "--", False),
+        ("project_name", "日本", True),
     ],
 )
 def test_single_checks(key, value, valid):
@@ -123,3 +126,60 @@ def test_post_gen_hook_removes_exactly_the_unchosen_files(tmp_path, monkeypatch)
     hook.apply_argocd("no")
     left = sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*") if p.is_file())
     assert left == [".github/workflows/production-retrain.yml", "deploy/base/x.yaml", "docs/promotion-retrain.md"]
+
+
+def test_an_empty_slug_still_reaches_the_pre_gen_check():
+    """An empty or punctuation-only name gives `project` a placeholder default instead of "",
+    so cookiecutter does not fail on the output directory before the hook can name the input."""
+    for name in ("", "!!!", "🚀"):
+        answers = render_answers({"project_name": name})
+        assert answers["project"] == "invalid-project-name"
+        hook = load_hook("pre_gen_project", answers)
+        assert hook.check_project_name(name) is not None
+
+
+def test_cruft_json_is_written_as_cruft_writes_it(tmp_path, monkeypatch):
+    """Key order, layout and the rendered commit of `cruft create` (cruft 2.16: template,
+    commit, checkout, context{cookiecutter{answers in cookiecutter.json order, private keys,
+    _template, _commit}}, directory, then skip)."""
+    answers = render_answers({"promotion": "retrain"})
+    context = {
+        **answers,
+        "_template": "../tpl",
+        "_output_dir": "/x",
+        "_repo_dir": "../tpl",
+        "_checkout": "v1",
+    }
+    context["_commit"] = "c" * 40  # cruft create passes the commit it rendered
+    monkeypatch.chdir(tmp_path)
+    hook = load_hook("post_gen_project", context)
+    hook.record_answers()
+    text = (tmp_path / ".cruft.json").read_text()
+    record = json.loads(text)
+    assert list(record) == [
+        "template",
+        "commit",
+        "checkout",
+        "context",
+        "directory",
+        "skip",
+    ]
+    assert record["commit"] == "c" * 40 and record["checkout"] == "v1" and record["directory"] is None
+    recorded = record["context"]["cookiecutter"]
+    assert list(recorded) == [k for k in CONFIG if k != "__prompts__"] + [
+        "_template",
+        "_commit",
+    ]
+    assert recorded["_commit"] == record["commit"] and recorded["_template"] == record["template"]
+    assert text == json.dumps(record, ensure_ascii=False, indent=2, separators=(",", ": ")) + "\n"
+
+
+def test_post_gen_prints_the_next_command(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("PWD", str(tmp_path.parent))
+    hook = load_hook("post_gen_project", render_answers())
+    hook.ROOT = tmp_path
+    hook.next_steps()
+    out = capsys.readouterr().out
+    assert f"cd {tmp_path.name} && make bootstrap && make check" in out
+    assert "ENGINE_WHEELS=" in out

@@ -51,6 +51,11 @@ INVALID = [
     ({"project_name": 'Churn "Classifier"', "project": "churn"}, "project_name", 'Churn "Classifier"'),
     ({"project_name": "Churn's {model}", "project": "churn"}, "project_name", "Churn's {model}"),
     ({"description": 'Says "hi"'}, "description", 'Says "hi"'),
+    # The slug (the default `project`) would be empty: cookiecutter used to say "already exists".
+    ({"project_name": ""}, "project_name", ""),
+    ({"project_name": "!!!"}, "project_name", "!!!"),
+    ({"project_name": " - "}, "project_name", " - "),
+    ({"project_name": "🚀"}, "project_name", "🚀"),
     ({"description": "costs $HOME"}, "description", "costs $HOME"),
 ]
 

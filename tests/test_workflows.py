@@ -10,11 +10,10 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
-from template_support import PROJECT_TEMPLATE, ROOT, VARIANTS
+from template_support import PROJECT_TEMPLATE, ROOT, VARIANTS, generated_repo_env, run_make
 
 BIN = Path(sys.executable).parent
 LINTERS = ("zizmor", "actionlint", "shellcheck", "check-jsonschema")
@@ -102,40 +101,15 @@ def test_linters_are_not_silent(tmp_path):
 
 
 # --- deep: the workflows themselves, run with act on a generated repository ---------------------
+# Each act job reuses the repository's own .venv (the engine's `make ci` passes VENV and
+# BOOTSTRAPPED into act), so a job costs its own steps, not a fresh install.
 
 STEP_TIMEOUT = 1500
-
-
-def project_env(project: Path) -> dict[str, str]:
-    env = {
-        key: value
-        for key, value in os.environ.items()
-        if not key.startswith(("PYTEST_", "MAKE", "MFLAGS", "VIRTUAL_ENV", "COV_CORE_", "MLOPS_", "GITHUB_"))
-    }
-    env.update(MLFLOW_DISABLE_TELEMETRY="true", PYTEST_XDIST_AUTO_NUM_WORKERS="1")
-    return env
+PRODUCTION_RELEASE = "deploy/overlays/production/release.yaml"
 
 
 def make(project: Path, *args: str, env: dict[str, str] | None = None) -> str:
-    started = time.monotonic()
-    result = subprocess.run(
-        ["make", *args],
-        cwd=project,
-        env={**project_env(project), **(env or {})},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        timeout=STEP_TIMEOUT,
-        check=False,
-    )
-    print(f"make {' '.join(args)}: {time.monotonic() - started:.0f}s")
-    if result.returncode != 0:
-        logs = "\n".join(
-            f"--- {log.name} (tail)\n" + "\n".join(log.read_text(errors="replace").splitlines()[-60:])
-            for log in sorted((project / "build" / "ci").glob("*.log"))
-        )
-        pytest.fail(f"`make {' '.join(args)}` exited {result.returncode}:\n{result.stdout[-4000:]}\n{logs}")
-    return result.stdout
+    return run_make(project, *args, env=generated_repo_env(**(env or {})), timeout=STEP_TIMEOUT)[1]
 
 
 def git(project: Path, *args: str) -> str:
@@ -162,16 +136,11 @@ def promote_through_act(project: Path, production: str, env: dict[str, str] | No
     """A push to main runs staging (which opens the promotion PR); merging it runs production."""
     rows = job_rows(make(project, "ci", "EVENT=push", env=env))
     assert rows == {"staging.yml/image": "succeeded", "staging.yml/staging": "succeeded"}
-    promotion = [
-        pr
-        for pr in open_pulls(project)
-        if "deploy/overlays/production/model.yaml" in pr["files"]
-        or "deploy/overlays/production/pipeline.yaml" in pr["files"]
-    ]
+    promotion = [pr for pr in open_pulls(project) if PRODUCTION_RELEASE in pr["files"]]
     assert len(promotion) == 1, open_pulls(project)
     make(project, "merge", f"PR={promotion[0]['number']}")
     rows = job_rows(make(project, "ci", "EVENT=push"))
-    # only the production overlay and model references changed: staging does not retrain
+    # only production's release (and staging's record of it) changed: staging does not retrain
     assert rows == {f"{production}/production": "succeeded", f"{production}/rollback": "skipped"}
     # retrain: production trained its own model and opened the deployment PR; merging it serves it
     deployments = [pr for pr in open_pulls(project) if pr["branch"].startswith("deploy/")]
@@ -180,7 +149,7 @@ def promote_through_act(project: Path, production: str, env: dict[str, str] | No
         make(project, "merge", f"PR={deployment['number']}")
         rows = job_rows(make(project, "ci", "EVENT=push"))
         assert rows == {f"{production}/production": "succeeded", f"{production}/rollback": "skipped"}
-    assert "version: none" not in (project / "deploy/overlays/production/model.yaml").read_text()
+    assert "modelVersion: none" not in (project / PRODUCTION_RELEASE).read_text()
 
 
 def commit_note(project: Path, text: str) -> None:
@@ -218,19 +187,19 @@ def test_workflows_run_with_act_through_a_whole_promotion(answers, pull_request,
         else:
             commit_note(project, "First model")
 
-        # Merge to main -> staging -> promotion PR -> merge -> production; twice, with another C.
+        # Merge to main -> staging -> promotion PR -> merge -> production; twice, with another c.
         promote_through_act(project, production)
         commit_note(project, "Second model, stronger regularisation")
-        promote_through_act(project, production, env={"C": "0.3"})
-        served = (project / "deploy/overlays/production/model.yaml").read_text()
+        promote_through_act(project, production, env={"PARAMS": "c=0.3"})
+        served = (project / PRODUCTION_RELEASE).read_text()
 
-        # Rollback (manual dispatch): one PR reverting production's model.yaml to the first model.
+        # Rollback (manual dispatch): one PR reverting production's release to the first model.
         before = {pr["number"] for pr in open_pulls(project)}
         rows = job_rows(make(project, "ci", "EVENT=workflow_dispatch", "WORKFLOW=production", "INPUTS=action=rollback"))
         assert rows == {f"{production}/production": "skipped", f"{production}/rollback": "succeeded"}
         reverts = [pr for pr in open_pulls(project) if pr["number"] not in before]
-        assert len(reverts) == 1 and reverts[0]["files"] == ["deploy/overlays/production/model.yaml"], reverts
-        assert (project / "deploy/overlays/production/model.yaml").read_text() == served  # only a PR, so far
+        assert len(reverts) == 1 and reverts[0]["files"] == [PRODUCTION_RELEASE], reverts
+        assert (project / PRODUCTION_RELEASE).read_text() == served  # only a PR, so far
     finally:
-        subprocess.run(["make", "stop"], cwd=project, env=project_env(project), capture_output=True, check=False)
+        subprocess.run(["make", "stop"], cwd=project, env=generated_repo_env(), capture_output=True, check=False)
     shutil.rmtree(project)  # a failing run keeps the tree and build/ci/*.log for inspection

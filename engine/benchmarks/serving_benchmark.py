@@ -4,7 +4,7 @@
   and where the start-up goes (imports, model load, servers), from MLServer's own log
 - `mlflow server` start-up, with a new database (migrations) and an already migrated one
 - registry latency per call, SQLite file vs `mlflow server` on 127.0.0.1, and their ratio
-- inference latency of one row (p50 / p95)
+- inference latency of one row of the model's input example (p50 / p95), MLServer's codecs
 
 Run: .venv/bin/python benchmarks/serving_benchmark.py [--repeat 5]
 """
@@ -27,16 +27,27 @@ from pathlib import Path
 
 import requests
 
-from mlrail import config, serving
-from mlrail.artifacts import ArtifactStore
-from churn_classifier.components.features import build_features, load_raw
-from churn_classifier.components.train import save_model, train_model
-from mlrail.config import ClusterSettings, Environment
-from mlrail.modelref import ModelRef, write_model_ref
-from mlrail.registry import Registry, lineage_tags
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from example import ROOT  # noqa: E402 - generates the example project and puts its src/ on sys.path
+from mlrail import config, mlmodel, serving  # noqa: E402
+from mlrail.artifacts import ArtifactStore  # noqa: E402
+from mlrail.config import ClusterSettings, Environment  # noqa: E402
+from mlrail.registry import Registry, lineage_tags  # noqa: E402
+from mlrail.release import ModelRef, portable_uri, read_release, source_of, write_release  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
+REGISTRY_MLMODEL = """\
+flavors: {python_function: {loader_module: mlflow.sklearn, model_path: model.pkl}}
+saved_input_example_info: {artifact_path: input_example.json, type: dataframe, pandas_orient: split}
+signature: {inputs: '[{"type": "double", "name": "x", "required": true}]'}
+"""
+
+
+def declare(cfg, env_name: str, stored, version: str) -> None:
+    overlay = cfg.root / cfg.env(env_name).overlay
+    source = source_of(env_name, cfg.model_name, version)
+    model = ModelRef(cfg.model_name, version, stored.digest, portable_uri(stored.uri, cfg.local_root), source)
+    write_release(overlay, read_release(overlay).with_model(model))
 
 
 def median(values: list[float]) -> float:
@@ -72,15 +83,17 @@ def startup_phases(log: Path, began: float, ready: float) -> tuple[float, float,
 
 
 def bench_mlserver(project: Path, repeat: int) -> list[list]:
+    from churn_classifier.components.features import build_features, load_raw
+    from churn_classifier.components.train import save_model, train_model
+
     cfg = config.load(project)
     staging = cfg.env("staging")
     frame = build_features(load_raw())
     stored = []
     for c in (1.0, 0.5):
-        save_model(train_model(frame, c=c), project / f"model-{c}")
+        save_model(train_model(frame, c=c), project / f"model-{c}", frame)
         stored.append(ArtifactStore(staging).put(project / f"model-{c}"))
-    overlay = project / staging.overlay
-    write_model_ref(overlay, ModelRef(cfg.model_name, "1", stored[0].digest, stored[0].uri, "bench"))
+    declare(cfg, "staging", stored[0], "1")
     endpoint = serving.LocalEndpoint(staging, cfg.model_name)
     starts, phases = [], []
     try:
@@ -91,14 +104,14 @@ def bench_mlserver(project: Path, repeat: int) -> list[list]:
             starts.append(seconds)
             phases.append(startup_phases(endpoint.log_path, began, began + seconds))
         noop, _ = timed(serving.deploy_from_overlay, cfg, "staging")
-        write_model_ref(overlay, ModelRef(cfg.model_name, "2", stored[1].digest, stored[1].uri, "bench"))
+        declare(cfg, "staging", stored[1], "2")
         switch, status = timed(serving.deploy_from_overlay, cfg, "staging")
         latencies = []
-        row = [[0.5] * 34]
+        row = serving.example_rows(mlmodel.input_example_frame(status.model_dir))[0]
         with requests.Session() as session:
             for _ in range(200):
                 began = time.perf_counter()
-                serving.infer_response(status.url, cfg.model_name, row, session=session)
+                serving.infer(status.url, cfg.model_name, row, session=session)
                 latencies.append((time.perf_counter() - began) * 1000)
         smoke_seconds, report = timed(serving.smoke, cfg, "staging")
     finally:
@@ -114,7 +127,7 @@ def bench_mlserver(project: Path, repeat: int) -> list[list]:
         ["redeploy, same model (no restart)", f"{noop * 1000:.1f} ms", f"ratio to start {noop / start:.3f}"],
         ["redeploy, new model (blue/green)", f"{switch:.2f} s", f"ratio to start {switch / start:.2f}"],
         ["infer 1 row, p50 / p95", f"{latencies[100]:.2f} / {latencies[190]:.2f} ms", "keep-alive session"],
-        ["smoke (20 rows + checks)", f"{smoke_seconds:.2f} s", f"passed={report.passed}"],
+        ["smoke (20 requests + checks)", f"{smoke_seconds:.2f} s", f"passed={report.passed}"],
     ]
 
 
@@ -169,7 +182,8 @@ def registry_calls(env: Environment, folder: Path, repeat: int) -> dict[str, flo
     for index in range(repeat):
         model = folder / f"m{index}"
         model.mkdir()
-        (model / "model.joblib").write_bytes(os.urandom(4096))
+        (model / "model.pkl").write_bytes(os.urandom(4096))
+        (model / "MLmodel").write_text(REGISTRY_MLMODEL)
         stored = store.put(model)
         lineage = lineage_tags(git_commit="abc", metrics={"accuracy": 0.9, "roc_auc": 0.95})
         for label, function, args in (
@@ -209,7 +223,10 @@ def bench_registry(project: Path, repeat: int) -> tuple[list[list], list[list]]:
                 **sqlite_env.__dict__,
                 "backend": "cluster",
                 "cluster": ClusterSettings(
-                    "http://127.0.0.1:1", url, str(project / "server-bucket"), "http://127.0.0.1:1"
+                    kfp_endpoint="http://127.0.0.1:1",
+                    registry_uri=url,
+                    artifact_root=(project / "server-bucket").as_uri(),
+                    endpoint_url="http://127.0.0.1:1",
                 ),
             }
         )

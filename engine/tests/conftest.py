@@ -1,9 +1,9 @@
 import os
-from pathlib import Path
 
 import pytest
 
 from example import ROOT
+
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 # `make ci` (act) points MLOPS_LOCAL_ROOT at the repository's .mlops for a workflow's steps; the
 # unit tests such a workflow runs keep to their own temporary state (session fixtures included).

@@ -9,14 +9,13 @@ from dataclasses import replace
 
 import pytest
 
-from mlrail import config, gitops, promotion, serving
-from mlrail.modelref import ModelRef, write_model_ref
-from mlrail.registry import Registry
-
 from example import ROOT
-PRODUCTION_MODEL = "deploy/overlays/production/model.yaml"
-STAGING_MODEL = "deploy/overlays/staging/model.yaml"
-PRODUCTION_PIPELINE = "deploy/overlays/production/pipeline.yaml"
+from mlrail import config, gitops, promotion, serving
+from mlrail.registry import Registry
+from mlrail.release import Release, write_release
+
+PRODUCTION_RELEASE = "deploy/overlays/production/release.yaml"
+STAGING_RELEASE = "deploy/overlays/staging/release.yaml"
 
 
 @pytest.fixture(scope="session")
@@ -50,9 +49,9 @@ def lifecycle(tmp_path, monkeypatch, blank_registry_db):
         path = root / "config" / "environments.yaml"
         path.write_text(re.sub(r"(?m)^promotion: \w+", f"promotion: {pattern}", path.read_text()))
         # Start from declared-but-empty overlays, whatever this checkout has promoted so far.
+        example = config.load(ROOT)
         for env in config.ENVIRONMENTS:
-            write_model_ref(root / "deploy/overlays" / env, ModelRef.empty(config.load(ROOT).model_name))
-        (root / PRODUCTION_PIPELINE).unlink(missing_ok=True)
+            write_release(root / "deploy/overlays" / env, Release.unreleased(example.model_name, example.image))
         (root / ".gitignore").write_text(".mlops/\nbuild/\n")
         for argv in (
             ["init", "--quiet", "--initial-branch=main"],

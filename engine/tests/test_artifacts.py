@@ -130,6 +130,7 @@ def test_put_rejects_what_is_not_a_model_directory(stores, tmp_path):
 def test_unimplemented_object_store_schemes_are_a_clear_error(project_copy, monkeypatch):
     monkeypatch.setenv("MLOPS_BACKEND", "cluster")
     env = config.load().env("production")
-    env = dataclasses.replace(env, cluster=dataclasses.replace(env.cluster, artifact_root="gs://models-bucket"))
-    with pytest.raises(ArtifactError, match=r"uses gs://, which this build does not implement"):
+    cluster = env.cluster.model_copy(update={"artifact_root": "abfs://models-bucket"})
+    env = dataclasses.replace(env, cluster=cluster)
+    with pytest.raises(ArtifactError, match=r"uses abfs://, which this build does not implement"):
         ArtifactStore(env)

@@ -1,7 +1,8 @@
 """The s3:// model store of the cluster backend, against a real S3 API (moto) on 127.0.0.1."""
 
+import time
+
 import pytest
-from moto.server import ThreadedMotoServer
 
 from mlrail import config
 from mlrail.artifacts import (
@@ -12,43 +13,20 @@ from mlrail.artifacts import (
     S3Backend,
     directory_digest,
 )
+from sim.storage import environment_buckets, s3_emulator  # noqa: F401 - the module's S3 server
 
 BUCKETS = ("churn-classifier-staging-models", "churn-classifier-production-models")
 
 
-@pytest.fixture(scope="module")
-def s3_url():
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    try:
-        host, port = server.get_host_and_port()
-        yield f"http://{host}:{port}"
-    finally:
-        server.stop()
-
-
 @pytest.fixture()
-def stores(s3_url, project_copy, monkeypatch, tmp_path):
-    for name in ("AWS_ENDPOINT_URL_S3", "AWS_PROFILE", "AWS_SESSION_TOKEN"):
-        monkeypatch.delenv(name, raising=False)
+def stores(s3_emulator, project_copy, monkeypatch, tmp_path):  # noqa: F811
     # No endpoint is passed in code: boto3 itself must honour the standard variable.
-    monkeypatch.setenv("AWS_ENDPOINT_URL", s3_url)
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-aws-config"))
-    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-aws-credentials"))
+    s3_emulator.use(monkeypatch, tmp_path)
     monkeypatch.setenv("MLOPS_BACKEND", "cluster")
     cfg = config.load()
-    staging, production = ArtifactStore(cfg.env("staging")), ArtifactStore(cfg.env("production"))
-    client = staging.backend.client
-    for bucket in BUCKETS:  # the server lives for the module: every test starts from empty buckets
-        if bucket in [b["Name"] for b in client.list_buckets()["Buckets"]]:
-            for item in client.list_objects_v2(Bucket=bucket).get("Contents", []):
-                client.delete_object(Bucket=bucket, Key=item["Key"])
-        else:
-            client.create_bucket(Bucket=bucket)
-    return staging, production
+    # Every test starts from empty buckets; sandbox's bucket is left out on purpose.
+    s3_emulator.reset([b for b in environment_buckets(cfg) if b in BUCKETS])
+    return ArtifactStore(cfg.env("staging")), ArtifactStore(cfg.env("production"))
 
 
 @pytest.fixture()
@@ -195,3 +173,80 @@ def test_s3_errors_name_the_environment_and_the_bucket(stores, model_dir):
     sandbox = ArtifactStore(cfg.env("sandbox"))  # its bucket was never created
     with pytest.raises(ArtifactError, match=r"sandbox artifact store \(bucket churn-classifier-sandbox-models\)"):
         sandbox.put(model_dir)
+
+
+def pipeline_output(store, model_dir, run: str = "run-1") -> str:
+    """Upload a model directory the way KFP's launcher writes a pipeline output, and return its URI."""
+    client, bucket = store.backend.client, BUCKETS[0]
+    key = f"pipeline-root/churn-classifier-training/{run}/train/17/model"
+    for file in sorted(p for p in model_dir.rglob("*") if p.is_file()):
+        client.put_object(Bucket=bucket, Key=f"{key}/{file.relative_to(model_dir).as_posix()}", Body=file.read_bytes())
+    return f"s3://{bucket}/{key}"
+
+
+def test_put_accepts_a_pipeline_output_uri_and_copies_it_server_side(stores, model_dir, monkeypatch):
+    # The staging defect: the cluster run returns an s3:// model URI and the store must take it.
+    staging, _ = stores
+    uri = pipeline_output(staging, model_dir)
+    calls = count_calls(monkeypatch, staging.backend.client, "upload_file", "download_file", "copy")
+    stored = staging.put(uri)
+    assert stored.digest == directory_digest(model_dir)  # computed from the objects, same as a local put
+    assert stored.uri == staging.uri_for(stored.digest)
+    assert calls == ["copy"] * 3  # server-side, nothing through this machine
+    staging.verify(stored.uri, stored.digest)
+    calls.clear()
+    assert staging.put(uri + "/") == stored and calls == []  # idempotent, trailing slash or not
+    assert staging.put(model_dir) == stored  # the same model from disk lands on the same object
+
+
+def test_put_of_a_remote_uri_with_no_objects_or_another_scheme_names_it(stores, model_dir):
+    staging, _ = stores
+    missing = f"s3://{BUCKETS[0]}/pipeline-root/nothing/here"
+    with pytest.raises(ArtifactError, match=r"staging: model s3://\S+/nothing/here holds no objects"):
+        staging.put(missing)
+    with pytest.raises(ArtifactError, match=r"is in gs:// but the staging store is s3://"):
+        staging.put("gs://elsewhere/pipeline-root/model")
+    assert staging.digests() == []
+
+
+def test_an_interrupted_remote_put_converges(stores, model_dir, monkeypatch):
+    staging, _ = stores
+    uri = pipeline_output(staging, model_dir)
+    client = staging.backend.client
+    real_copy = client.copy
+    copied = []
+
+    def crash_after_first(*args, **kwargs):
+        if copied:
+            raise KeyboardInterrupt("killed mid-copy")
+        copied.append(args)
+        return real_copy(*args, **kwargs)
+
+    monkeypatch.setattr(client, "copy", crash_after_first)
+    with pytest.raises(KeyboardInterrupt):
+        staging.put(uri)
+    assert staging.digests() == []  # no marker: the partial copy is invisible
+    monkeypatch.setattr(client, "copy", real_copy)
+    stored = staging.put(uri)
+    assert staging.digests() == [stored.digest]
+
+
+def test_a_dead_endpoint_fails_within_the_deadline(stores, model_dir, monkeypatch):
+    import dataclasses
+    import socket
+
+    staging, _ = stores
+    listener = socket.socket()  # accepts connections (the kernel backlog) and never answers
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+    try:
+        monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{listener.getsockname()[1]}")
+        env = staging.env
+        timeouts = env.timeouts.model_copy(update={"connect_s": 0.5, "read_s": 0.5, "deadline_s": 1.5})
+        slow = ArtifactStore(dataclasses.replace(env, timeouts=timeouts))
+        started = time.monotonic()
+        with pytest.raises(ArtifactError, match=r"staging artifact store .* failed: .*raise timeouts\."):
+            slow.has("sha256:" + "0" * 64)
+        assert time.monotonic() - started < 10
+    finally:
+        listener.close()

@@ -6,14 +6,15 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
+from example import ROOT
 from mlrail import cli, workflows
 
-from example import ROOT
 SETUP_PYTHON = "actions/setup-python@5fda3b95a4ea91299a34e894583c3862153e4b97"
 
 
@@ -57,9 +58,12 @@ def test_push_to_main_runs_staging_for_code_and_production_for_a_promotion(repo)
     commit(repo, "src/mlrail/x.py", "x = 1\n", "code change")
     assert selected(repo, "push", "refs/heads/main", base) == ["staging.yml"]
     base = git(repo, "rev-parse", "HEAD")
-    commit(repo, "deploy/overlays/production/model.yaml", "version: '2'\n", "Promote v2")
-    commit(repo, "deploy/overlays/staging/model.yaml", "version: '2'\n", "Promote v2 (staging reference)")
+    commit(repo, "deploy/overlays/production/release.yaml", "modelVersion: '2'\n", "Promote v2")
+    commit(repo, "deploy/overlays/staging/release.yaml", "modelVersion: '2'\n", "Promote v2 (staging record)")
     assert selected(repo, "push", "refs/heads/main", base) == [production_file(repo)]
+    base = git(repo, "rev-parse", "HEAD")
+    commit(repo, "deploy/overlays/staging/release.yaml", "modelVersion: '3'\n", "staging records its release")
+    assert selected(repo, "push", "refs/heads/main", base) == []  # recording a release trains nothing
     assert selected(repo, "push", "refs/heads/sandbox/new-feature", base) == ["sandbox.yml"]
     assert selected(repo, "push", "refs/heads/feature/x", base) == []
     assert selected(repo, "pull_request", "main", base) == ["pull-request.yml"]
@@ -68,7 +72,7 @@ def test_push_to_main_runs_staging_for_code_and_production_for_a_promotion(repo)
 def test_event_payloads_carry_what_the_workflows_read(repo):
     first = git(repo, "rev-parse", "HEAD")
     git(repo, "checkout", "-qb", "promote/v2")
-    commit(repo, "deploy/overlays/production/model.yaml", "version: '2'\n", "Promote v2")
+    commit(repo, "deploy/overlays/production/release.yaml", "modelVersion: '2'\n", "Promote v2")
     head = git(repo, "rev-parse", "HEAD")
     pull = workflows.event_payload(repo, "pull_request", "refs/heads/main", None, {})
     assert pull["pull_request"]["base"] == {"ref": "main", "sha": first, "repo": {"full_name": f"local/{repo.name}"}}
@@ -133,6 +137,7 @@ jobs:
       - if: $[[ !env.ACT ]]
         uses: SETUP_PYTHON # v7.0.0
       - run: echo "backend=$MLOPS_BACKEND ref=$GITHUB_REF files=$(ls config)" > "$MLOPS_LOCAL_ROOT/probe.txt"
+      - run: echo "venv=$VENV:$BOOTSTRAPPED wheels=$ENGINE_WHEELS" >> "$MLOPS_LOCAL_ROOT/probe.txt"
   after:
     needs: probe
     runs-on: ubuntu-latest
@@ -149,7 +154,8 @@ ACT_WORKFLOW = (
 )
 
 
-def test_act_runs_a_workflow_offline_with_the_local_backend(repo):
+def test_act_runs_a_workflow_offline_with_the_local_backend(repo, monkeypatch):
+    monkeypatch.setenv("ENGINE_WHEELS", str(repo / "wheels"))
     commit(repo, ".github/workflows/probe.yml", ACT_WORKFLOW, "probe")
     workflow = workflows.find_workflow(repo, "probe")
     payload = workflows.event_payload(repo, "push", "refs/heads/main", None, {})
@@ -158,6 +164,8 @@ def test_act_runs_a_workflow_offline_with_the_local_backend(repo):
     assert {job.job: job.result for job in run.jobs} == {"probe": "succeeded", "after": "succeeded"}
     probe = (repo / ".mlops" / "probe.txt").read_text()
     assert "backend=local ref=refs/heads/main files=environments.yaml" in probe
+    # jobs reuse the environment running the engine (no reinstall per act workspace) and get the wheels
+    assert f"venv={sys.prefix}:yes wheels={repo / 'wheels'}" in probe
     # The event reaches expressions: a commit message of `fail` fails the second job.
     commit(repo, "README.md", "x\n", "fail")
     payload = workflows.event_payload(repo, "push", "refs/heads/main", None, {})

@@ -1,260 +1,106 @@
-"""GitHubPullRequests (gitops.PullRequests on GitHub) against a local server that answers as
-GitHub's REST API v3 does: pulls, files, merge, comments and the git data API."""
+"""GitHubPullRequests (gitops.PullRequests on GitHub, through PyGithub) against the GitHub API
+emulator of the cluster simulation: a real bare repository, real merges, App-token auth."""
 
 from __future__ import annotations
 
-import hashlib
-import json
-import re
 import subprocess
+import time
 
 import pytest
+from sim import SilentServer
+from sim.github_api import APP_LOGIN, GitHubEmulator, seed_repository
 
 from mlrail import gitops
 from mlrail.cluster.github import GitHubError, GitHubPullRequests, repository_from_environment
-from mlrail.cluster.http import ClusterCallError
-from test_cluster_http import NO_WAIT, LocalServer
+from mlrail.cluster.http import Retry, Timeouts
 
-TOKEN = "ghs_test-installation-token"
+TOKEN = "ghs_test-installation-token"  # what actions/create-github-app-token hands out
+REVIEWER = "ghp_reviewer-token"
 REPO = "my-org/churn-classifier"
-MODEL = "deploy/overlays/production/model.yaml"
+RELEASE = "deploy/overlays/production/release.yaml"
+FAST = Timeouts(connect_s=0.5, read_s=1.0, deadline_s=3.0)
+NO_WAIT = Retry(attempts=3, backoff=0.0)
 
 
-def _sha(*parts: object) -> str:
-    return hashlib.sha1(json.dumps(parts, sort_keys=True).encode()).hexdigest()
-
-
-class FakeGitHub:
-    """One repository in memory (commits, trees, refs, pulls, comments) with GitHub's JSON shapes."""
-
-    def __init__(self, page_size: int = 100):
-        self.trees: dict[str, dict[str, str]] = {}
-        self.commits: dict[str, dict] = {}
-        self.refs: dict[str, str] = {}
-        self.pulls: dict[int, dict] = {}
-        self.comments: dict[int, dict] = {}
-        self.page_size = page_size
-        self.ids = iter(range(1000, 10**6))
-        self.server: LocalServer | None = None
-        self.refs["main"] = self.commit({MODEL: "version: none\n", "README.md": "hi\n"}, [], "initial")
-
-    def tree(self, files: dict[str, str]) -> str:
-        sha = _sha("tree", files)
-        self.trees[sha] = dict(files)
-        return sha
-
-    def commit(self, files: dict[str, str], parents: list[str], message: str) -> str:
-        tree = self.tree(files)
-        sha = _sha("commit", tree, parents, message)
-        self.commits[sha] = {"tree": tree, "parents": parents, "message": message}
-        return sha
-
-    def files_of(self, ref: str) -> dict[str, str]:
-        return self.trees[self.commits[self.refs.get(ref, ref)]["tree"]]
-
-    def _pr_json(self, pr: dict) -> dict:
-        return {
-            "number": pr["number"],
-            "title": pr["title"],
-            "body": pr["body"],
-            "state": pr["state"],
-            "merged_at": pr.get("merged_at"),
-            "merge_commit_sha": pr.get("merge_commit_sha"),
-            "html_url": f"https://github.com/{REPO}/pull/{pr['number']}",
-            "head": {"ref": pr["head"], "sha": self.refs.get(pr["head"], pr.get("head_sha", ""))},
-            "base": {"ref": pr["base"]},
-        }
-
-    def _page(self, request, items: list) -> tuple[int, dict, list]:
-        per_page = min(int(request.query.get("per_page", ["30"])[0]), self.page_size)
-        page = int(request.query.get("page", ["1"])[0])
-        headers = {}
-        if page * per_page < len(items):
-            query = "&".join(f"{k}={v[0]}" for k, v in request.query.items() if k != "page")
-            headers["Link"] = f'<{self.server.url}{request.path}?{query}&page={page + 1}>; rel="next"'
-        return 200, headers, items[(page - 1) * per_page : page * per_page]
-
-    def route(self, request):  # noqa: C901 - one branch per documented endpoint
-        if request.headers.get("Authorization") != f"Bearer {TOKEN}":
-            return 401, {}, {"message": "Bad credentials", "documentation_url": "https://docs.github.com/rest"}
-        path, method = request.path.removeprefix(f"/repos/{REPO}"), request.method
-        if match := re.fullmatch(r"/git/ref/heads/(.+)", path):
-            sha = self.refs.get(match[1])
-            return (
-                (200, {}, {"ref": f"refs/heads/{match[1]}", "object": {"sha": sha, "type": "commit"}})
-                if sha
-                else (404, {}, {"message": "Not Found"})
-            )
-        if match := re.fullmatch(r"/git/commits/([0-9a-f]{40})", path):
-            commit = self.commits[match[1]]
-            return (
-                200,
-                {},
-                {
-                    "sha": match[1],
-                    "tree": {"sha": commit["tree"]},
-                    "parents": [{"sha": p} for p in commit["parents"]],
-                    "message": commit["message"],
-                },
-            )
-        if path == "/git/trees" and method == "POST":
-            data = request.json()
-            files = dict(self.trees[data["base_tree"]])
-            files.update({entry["path"]: entry["content"] for entry in data["tree"]})
-            return 201, {}, {"sha": self.tree(files)}
-        if path == "/git/commits" and method == "POST":
-            data = request.json()
-            sha = _sha("commit", data["tree"], data["parents"], data["message"])
-            self.commits[sha] = {"tree": data["tree"], "parents": data["parents"], "message": data["message"]}
-            return 201, {}, {"sha": sha, "tree": {"sha": data["tree"]}}
-        if path == "/git/refs" and method == "POST":
-            data = request.json()
-            branch = data["ref"].removeprefix("refs/heads/")
-            if branch in self.refs:
-                return 422, {}, {"message": "Reference already exists"}
-            self.refs[branch] = data["sha"]
-            return 201, {}, {"ref": data["ref"], "object": {"sha": data["sha"]}}
-        if (match := re.fullmatch(r"/git/refs/heads/(.+)", path)) and method == "PATCH":
-            data = request.json()
-            if not data.get("force") and self.refs[match[1]] not in self._ancestors(data["sha"]):
-                return 422, {}, {"message": "Update is not a fast forward"}
-            self.refs[match[1]] = data["sha"]
-            return 200, {}, {"object": {"sha": data["sha"]}}
-        if path == "/pulls" and method == "GET":
-            state = request.query.get("state", ["open"])[0]
-            head = request.query.get("head", [None])[0]
-            pulls = [
-                self._pr_json(pr)
-                for pr in self.pulls.values()
-                if (state == "all" or pr["state"] == state) and head in (None, f"my-org:{pr['head']}")
-            ]
-            return self._page(request, pulls)
-        if path == "/pulls" and method == "POST":
-            data = request.json()
-            if data["head"] not in self.refs:
-                return 422, {}, {"message": "Validation Failed", "errors": [{"field": "head", "code": "invalid"}]}
-            if any(p["head"] == data["head"] and p["state"] == "open" for p in self.pulls.values()):
-                return (
-                    422,
-                    {},
-                    {
-                        "message": "Validation Failed",
-                        "errors": [{"message": f"A pull request already exists for my-org:{data['head']}."}],
-                    },
-                )
-            number = len(self.pulls) + 1
-            self.pulls[number] = {"number": number, "state": "open", **data}
-            return 201, {}, self._pr_json(self.pulls[number])
-        if match := re.fullmatch(r"/pulls/(\d+)", path):
-            pr = self.pulls.get(int(match[1]))
-            if pr is None:
-                return 404, {}, {"message": "Not Found"}
-            if method == "PATCH":
-                pr.update(request.json())
-            return 200, {}, self._pr_json(pr)
-        if match := re.fullmatch(r"/pulls/(\d+)/files", path):
-            pr = self.pulls[int(match[1])]
-            head = self.files_of(pr.get("head_sha") or pr["head"])
-            base = self.files_of(pr.get("base_sha") or pr["base"])
-            changed = [
-                {"filename": name, "status": "modified" if name in base else "added"}
-                for name in sorted(head)
-                if base.get(name) != head[name]
-            ]
-            return self._page(request, changed)
-        if (match := re.fullmatch(r"/pulls/(\d+)/merge", path)) and method == "PUT":
-            pr = self.pulls[int(match[1])]
-            data = request.json()
-            if pr["state"] != "open":
-                return 405, {}, {"message": "Pull Request is not mergeable"}
-            if data.get("sha") and data["sha"] != self.refs[pr["head"]]:
-                return 409, {}, {"message": "Head branch was modified. Review and try the merge again."}
-            assert data["merge_method"] == "squash"
-            pr.update(base_sha=self.refs[pr["base"]], head_sha=self.refs[pr["head"]])
-            merged = self.commit(self.files_of(pr["head"]), [self.refs[pr["base"]]], f"{pr['title']} (#{pr['number']})")
-            self.refs[pr["base"]] = merged
-            pr.update(state="closed", merged_at="2026-01-01T00:00:00Z", merge_commit_sha=merged)
-            return 200, {}, {"sha": merged, "merged": True, "message": "Pull Request successfully merged"}
-        if match := re.fullmatch(r"/issues/(\d+)/comments", path):
-            number = int(match[1])
-            if method == "POST":
-                comment_id = next(self.ids)
-                self.comments[comment_id] = {"id": comment_id, "issue": number, "body": request.json()["body"]}
-                return 201, {}, self.comments[comment_id]
-            return self._page(request, [c for c in self.comments.values() if c["issue"] == number])
-        if (match := re.fullmatch(r"/issues/comments/(\d+)", path)) and method == "PATCH":
-            self.comments[int(match[1])]["body"] = request.json()["body"]
-            return 200, {}, self.comments[int(match[1])]
-        return 404, {}, {"message": "Not Found", "documentation_url": "https://docs.github.com/rest"}
-
-    def _ancestors(self, sha: str) -> set[str]:
-        seen, todo = set(), [sha]
-        while todo:
-            current = todo.pop()
-            if current not in seen:
-                seen.add(current)
-                todo += self.commits[current]["parents"]
-        return seen
+def _client(**kwargs) -> GitHubPullRequests:
+    options = {"timeouts": FAST, "retry": NO_WAIT, "seconds_between_writes": None, **kwargs}
+    return GitHubPullRequests("production", **options)
 
 
 @pytest.fixture()
-def github(monkeypatch):
-    fake = FakeGitHub(page_size=2)  # small pages: pagination is exercised
-    with LocalServer(fake.route) as server:
-        fake.server = server
-        monkeypatch.setenv("GITHUB_API_URL", server.url)
+def github(monkeypatch, tmp_path):
+    bare = tmp_path / "origin.git"
+    seed_repository(bare, {RELEASE: "model:\n  version: none\n", "README.md": "hi\n"})
+    with GitHubEmulator(bare, REPO, {TOKEN: APP_LOGIN, REVIEWER: "alice"}, page_size=2) as emulator:
+        monkeypatch.setenv("GITHUB_API_URL", emulator.url)
         monkeypatch.setenv("GITHUB_REPOSITORY", REPO)
         monkeypatch.setenv("GH_TOKEN", TOKEN)
-        yield fake, GitHubPullRequests("production", retry=NO_WAIT)
+        yield emulator, _client()
 
 
-def test_promotion_pr_is_one_commit_on_main_then_merged(github):
-    fake, prs = github
-    pr = prs.open_or_update("promote/v3", "main", "Promote v3", "| metric |", {MODEL: "version: '3'\n"})
+def test_promotion_pr_is_one_commit_on_main_then_merged_for_real(github):
+    emulator, prs = github
+    main_before = emulator.sha("refs/heads/main")
+    pr = prs.open_or_update("promote/v3", "main", "Promote v3", "| metric |", {RELEASE: "model:\n  version: '3'\n"})
     assert isinstance(pr, gitops.PullRequest)
-    assert (pr.number, pr.branch, pr.base, pr.state, pr.files) == (1, "promote/v3", "main", "open", [MODEL])
-    head = fake.commits[fake.refs["promote/v3"]]
-    assert head["parents"] == [fake.refs["main"]] and fake.files_of("promote/v3")[MODEL] == "version: '3'\n"
-    assert pr.head == fake.refs["promote/v3"]
+    assert (pr.number, pr.branch, pr.base, pr.state, pr.files) == (1, "promote/v3", "main", "open", [RELEASE])
+    assert pr.head == emulator.sha("refs/heads/promote/v3")
+    parents = subprocess.run(
+        ["git", "rev-list", "--parents", "-n1", pr.head], cwd=emulator.bare, capture_output=True, text=True, check=True
+    ).stdout.split()
+    assert parents[1:] == [main_before]  # one commit on top of main
     merged = prs.merge(1)
-    assert merged.state == "merged" and merged.merge_commit == fake.refs["main"]
-    assert fake.files_of("main")[MODEL] == "version: '3'\n"
+    assert merged.state == "merged" and merged.merge_commit == emulator.sha("refs/heads/main")
+    assert emulator.show("main", RELEASE) == "model:\n  version: '3'\n"
+    assert emulator.show("main", "README.md") == "hi\n"
     assert prs.merge(1).merge_commit == merged.merge_commit  # merging again changes nothing
+    assert prs.get(1).files == [RELEASE]  # the PR's diff survives its merge
+    assert {r.token for r in emulator.requests} == {TOKEN}
 
 
 def test_rerunning_open_or_update_converges_on_one_pr_and_one_commit(github):
-    fake, prs = github
-    first = prs.open_or_update("promote/v4", "main", "Promote v4", "body 1", {MODEL: "version: '4'\n"})
-    commits = len(fake.commits)
-    second = prs.open_or_update("promote/v4", "main", "Promote v4", "body 2", {MODEL: "version: '4'\n"})
-    assert second.number == first.number and second.head == first.head and len(fake.commits) == commits
-    assert len(fake.pulls) == 1 and fake.pulls[1]["body"] == "body 2"
-    third = prs.open_or_update("promote/v4", "main", "Promote v4b", "body 3", {MODEL: "version: '5'\n"})
+    emulator, prs = github
+    first = prs.open_or_update("promote/v4", "main", "Promote v4", "body 1", {RELEASE: "v: '4'\n"})
+    commits = len(emulator.calls("POST", r"/git/commits$"))
+    second = prs.open_or_update("promote/v4", "main", "Promote v4", "body 2", {RELEASE: "v: '4'\n"})
+    assert second.number == first.number and second.head == first.head
+    assert len(emulator.calls("POST", r"/git/commits$")) == commits  # no new commit
+    assert len(emulator.pulls) == 1 and emulator.pulls[1].body == "body 2"
+    third = prs.open_or_update("promote/v4", "main", "Promote v4b", "body 3", {RELEASE: "v: '5'\n"})
     assert third.number == 1 and third.head != first.head  # the branch was force-moved to the new content
+    assert emulator.show("promote/v4", RELEASE) == "v: '5'\n"
 
 
 def test_a_concurrent_duplicate_422_resolves_to_the_existing_pr(github, monkeypatch):
-    fake, prs = github
-    prs.open_or_update("promote/y", "main", "Promote", "body", {MODEL: "version: '9'\n"})
-    real = prs._list_raw
-    misses = iter([[]])  # the lookup misses the PR once, as if it was opened in between
-    monkeypatch.setattr(prs, "_list_raw", lambda state, head=None: next(misses, None) or real(state, head))
-    pr = prs.open_or_update("promote/y", "main", "Promote again", "body 2", {MODEL: "version: '9'\n"})
-    assert pr.number == 1 and len(fake.pulls) == 1 and fake.pulls[1]["title"] == "Promote again"
+    emulator, prs = github
+    prs.open_or_update("promote/y", "main", "Promote", "body", {RELEASE: "v: '9'\n"})
+    real = prs._open_with_head
+    missed = []
+
+    def lookup(branch):  # misses the PR once, as if it was opened in between
+        if not missed:
+            missed.append(branch)
+            return []
+        return real(branch)
+
+    monkeypatch.setattr(prs, "_open_with_head", lookup)
+    pr = prs.open_or_update("promote/y", "main", "Promote again", "body 2", {RELEASE: "v: '9'\n"})
+    assert pr.number == 1 and len(emulator.pulls) == 1 and emulator.pulls[1].title == "Promote again"
+    assert [r.status for r in emulator.calls("POST", r"/pulls$")] == [201, 422]
 
 
 def test_a_pr_that_changes_nothing_is_refused(github):
     _, prs = github
     with pytest.raises(GitHubError, match="would change nothing: main already has this content"):
-        prs.open_or_update("promote/none", "main", "No-op", "", {MODEL: "version: none\n"})
+        prs.open_or_update("promote/none", "main", "No-op", "", {RELEASE: "model:\n  version: none\n"})
     with pytest.raises(GitHubError, match="changes no file"):
         prs.open_or_update("promote/none", "main", "No-op", "", {})
     with pytest.raises(GitHubError, match="base branch 'release' does not exist"):
-        prs.open_or_update("promote/x", "release", "x", "", {MODEL: "v"})
+        prs.open_or_update("promote/x", "release", "x", "", {RELEASE: "v"})
 
 
 def test_list_follows_pagination_and_maps_states(github):
-    fake, prs = github
+    emulator, prs = github
     for index in range(5):
         prs.open_or_update(f"b{index}", "main", f"PR {index}", "", {f"docs/{index}.md": f"{index}\n"})
     prs.close(2)
@@ -263,62 +109,170 @@ def test_list_follows_pagination_and_maps_states(github):
     assert {pr.number: pr.state for pr in prs.list()} == {1: "open", 2: "closed", 3: "merged", 4: "open", 5: "open"}
     assert [pr.number for pr in prs.list("merged")] == [3]
     assert prs.find_open("b4").title == "PR 4" and prs.find_open("b2") is None
+    assert any("page=3" in "&".join(f"{k}={v[0]}" for k, v in r.query.items()) for r in emulator.calls("GET", r"/pulls$"))
     with pytest.raises(GitHubError, match="state 'draft' is unknown"):
         prs.list("draft")
 
 
 def test_merge_refuses_a_moved_branch_and_closed_or_merged_prs_are_final(github):
-    fake, prs = github
-    prs.open_or_update("m", "main", "m", "", {MODEL: "version: '7'\n"})
-    real_get = prs.get
+    emulator, prs = github
+    prs.open_or_update("m", "main", "m", "", {RELEASE: "v: '7'\n"})
+    real_get = prs._get_raw
 
-    def stale_get(number):
-        pr = real_get(number)
-        pr.head = "f" * 40  # reviewed at another commit than the branch's
-        return pr
+    def moved_after_read(number):
+        raw = real_get(number)
+        prs._get_raw = real_get
+        # someone pushes to the branch between our read and our merge
+        prs.open_or_update("m", "main", "m", "", {RELEASE: "v: '7b'\n"})
+        return raw
 
-    prs.get = stale_get
-    with pytest.raises(ClusterCallError, match=r"GitHub \(production\) PUT .*/pulls/1/merge answered 409: Head branch"):
+    prs._get_raw = moved_after_read
+    with pytest.raises(GitHubError, match=r"merging pull request #1 in my-org/churn-classifier failed: 409 Head branch"):
         prs.merge(1)
-    prs.get = real_get
+    prs._get_raw = real_get
+    assert emulator.show("main", RELEASE) == "model:\n  version: none\n"  # nothing merged
     prs.close(1)
     with pytest.raises(GitHubError, match="pull request #1 is closed"):
         prs.merge(1)
-    prs.open_or_update("n", "main", "n", "", {MODEL: "version: '8'\n"})
+    prs.open_or_update("n", "main", "n", "", {RELEASE: "v: '8'\n"})
     prs.merge(2)
     with pytest.raises(GitHubError, match="already merged; revert it"):
         prs.close(2)
 
 
+def test_a_merge_that_conflicts_is_refused_and_main_is_untouched(github):
+    emulator, prs = github
+    prs.open_or_update("a", "main", "a", "", {RELEASE: "v: a\n"})
+    prs.open_or_update("b", "main", "b", "", {RELEASE: "v: b\n"})
+    prs.merge(1)
+    main = emulator.sha("refs/heads/main")
+    with pytest.raises(GitHubError, match="405 Merge conflict"):
+        prs.merge(2)
+    assert emulator.sha("refs/heads/main") == main and prs.get(2).state == "open"
+
+
+def test_required_reviews_gate_the_merge(github):
+    emulator, prs = github
+    emulator.required_approvals = 1
+    prs.open_or_update("r", "main", "r", "", {RELEASE: "v: r\n"})
+    with pytest.raises(GitHubError, match="405 At least 1 approving review is required"):
+        prs.merge(1)
+    emulator.approve(1, REVIEWER)
+    assert prs.reviews(1) == {"alice": "APPROVED"}
+    assert prs.merge(1).state == "merged"
+
+
 def test_sticky_comment_is_created_once_then_edited(github):
-    fake, prs = github
+    emulator, prs = github
     prs.open_or_update("d", "main", "diff", "", {"docs/a.md": "a\n"})
+    reviewer = GitHubPullRequests("pull-request", token=REVIEWER, timeouts=FAST, seconds_between_writes=None)
     for other in range(3):  # other people's comments, over two pages
-        fake.comments[100 + other] = {"id": 100 + other, "issue": 1, "body": f"review {other}"}
+        reviewer.repo.get_pull(1).create_issue_comment(f"review {other}")
     first_id, created = prs.upsert_comment(1, "## Overlay diff\nv1", marker="mlops-overlay-diff")
     second_id, created_again = prs.upsert_comment(1, "## Overlay diff\nv2", marker="mlops-overlay-diff")
-    assert created and not created_again and first_id == second_id
-    ours = [c for c in fake.comments.values() if "<!-- mlops-overlay-diff -->" in c["body"]]
-    assert len(ours) == 1 and ours[0]["body"].endswith("v2") and len(fake.comments) == 4
+    third_id, created_third = prs.upsert_comment(1, "## Overlay diff\nv2", marker="mlops-overlay-diff")
+    assert created and not created_again and not created_third and first_id == second_id == third_id
+    ours = [c for c in emulator.comments.values() if "<!-- mlops-overlay-diff -->" in c["body"]]
+    assert len(ours) == 1 and ours[0]["body"].endswith("v2") and ours[0]["user"]["login"] == APP_LOGIN
+    assert len(emulator.comments) == 4
+    assert len(emulator.calls("PATCH", r"/issues/comments/")) == 1  # an unchanged body is not re-sent
 
 
-def test_a_bad_token_names_environment_and_endpoint(github):
-    fake, _ = github
-    prs = GitHubPullRequests("production", token="wrong", retry=NO_WAIT)
-    with pytest.raises(ClusterCallError) as caught:
+def test_labels_and_contents(github):
+    emulator, prs = github
+    prs.open_or_update("l", "main", "l", "", {RELEASE: "v: l\n"})
+    assert prs.add_labels(1, "promotion", "production") == ["production", "promotion"]
+    assert prs.add_labels(1, "promotion") == ["production", "promotion"]
+    assert prs.remove_label(1, "production") == ["promotion"]
+    assert prs.remove_label(1, "absent") == ["promotion"]
+    assert prs.read_file(RELEASE, "l") == "v: l\n"
+    assert prs.read_file(RELEASE, "main") == "model:\n  version: none\n"
+    assert prs.read_file("nope.yaml", "main") is None
+    assert prs.branch_sha("l") == emulator.sha("refs/heads/l") and prs.branch_sha("nope") is None
+    with pytest.raises(GitHubError, match="is a directory"):
+        prs.read_file("deploy", "main")
+
+
+def test_a_git_push_to_the_bare_repository_is_seen_by_the_api(github, tmp_path):
+    emulator, prs = github
+    clone = tmp_path / "clone"
+    subprocess.run(["git", "clone", "-q", str(emulator.bare), str(clone)], check=True)
+    (clone / "docs.md").write_text("pushed\n")
+    for args in (["add", "docs.md"], ["-c", "user.name=t", "-c", "user.email=t@x", "commit", "-qm", "docs"]):
+        subprocess.run(["git", *args], cwd=clone, check=True)
+    subprocess.run(["git", "push", "-q", "origin", "HEAD:refs/heads/feature"], cwd=clone, check=True)
+    pr = prs._call("opening", prs.repo.create_pull, base="main", head="feature", title="f", body="")
+    assert prs.get(pr.number).files == ["docs.md"] and prs.read_file("docs.md", "feature") == "pushed\n"
+
+
+def test_the_secondary_rate_limit_403_is_waited_out_then_retried(github):
+    emulator, prs = github
+    prs.open_or_update("s", "main", "s", "", {RELEASE: "v: s\n"})
+    emulator.fail_next("POST", r"/issues/1/comments$", 403, headers={"Retry-After": "1"})
+    began = time.monotonic()
+    _, created = prs.upsert_comment(1, "body", marker="m")
+    assert created and time.monotonic() - began >= 0.9
+    assert [r.status for r in emulator.calls("POST", r"/issues/1/comments$")] == [403, 201]
+    assert len(emulator.comments) == 1  # retried once, commented once
+
+
+def test_a_rate_limit_longer_than_the_deadline_fails_now_naming_the_setting(github):
+    emulator, prs = github
+    prs.open_or_update("t", "main", "t", "", {RELEASE: "v: t\n"})
+    emulator.fail_next("GET", r"/pulls/1$", 403)  # secondary limit, no Retry-After: GitHub wants ~60 s
+    began = time.monotonic()
+    with pytest.raises(GitHubError) as caught:
+        prs.get(1)
+    assert time.monotonic() - began < 2
+    message = str(caught.value)
+    assert "reading pull request #1 in my-org/churn-classifier failed: gave up after 3s" in message
+    assert "last: answered 403: You have exceeded a secondary rate limit" in message and "wait 60s" in message
+    assert "raise timeouts.deadline_s in config/environments.yaml" in message
+
+
+def test_a_5xx_on_a_write_is_not_resent(github):
+    emulator, prs = github
+    prs.open_or_update("w", "main", "w", "", {RELEASE: "v: w\n"})
+    emulator.fail_next("POST", r"/issues/1/comments$", 502, message="Server Error")
+    with pytest.raises(GitHubError, match="commenting on #1 .* failed: 502 Server Error"):
+        prs.upsert_comment(1, "body", marker="m")
+    assert len(emulator.calls("POST", r"/issues/1/comments$")) == 1 and not emulator.comments
+    emulator.fail_next("GET", r"/pulls/1$", 503, message="Unavailable", times=2)
+    assert prs.get(1).number == 1  # reads are retried
+
+
+def test_a_bad_token_names_environment_server_and_repository(github):
+    emulator, _ = github
+    prs = _client(token="wrong")
+    with pytest.raises(GitHubError) as caught:
         prs.list()
-    assert f"GitHub (production) GET {fake.server.url}/repos/{REPO}/pulls" in str(caught.value)
-    assert "401: Bad credentials" in str(caught.value)
+    assert f"GitHub (production) {emulator.url}: opening the repository in {REPO} failed: 401 Bad credentials" in str(
+        caught.value
+    )
+    assert emulator.requests[-1].token == "wrong"
+
+
+def test_a_github_that_never_answers_fails_within_the_deadline(monkeypatch):
+    monkeypatch.setenv("GITHUB_REPOSITORY", REPO)
+    with SilentServer() as server:
+        prs = GitHubPullRequests(
+            "staging", token=TOKEN, api_url=server.url, timeouts=Timeouts(0.5, 0.4, 1.5), retry=Retry(attempts=20)
+        )
+        began = time.monotonic()
+        with pytest.raises(GitHubError) as caught:
+            prs.get(1)
+        assert time.monotonic() - began < 2.5
+    assert "gave up after 1.5s (raise timeouts.deadline_s in config/environments.yaml)" in str(caught.value)
 
 
 def test_gitops_factory_selects_github_for_a_cluster_production(github, project_copy, monkeypatch):
     from mlrail import config
 
-    fake, _ = github
+    _, _ = github
     monkeypatch.setenv("MLOPS_BACKEND", "cluster")
     prs = gitops.pull_requests(config.load())
     assert isinstance(prs, GitHubPullRequests) and prs.repository == REPO
-    assert prs.open_or_update("promote/f", "main", "f", "", {MODEL: "version: '2'\n"}).number == 1
+    assert prs.find_open("promote/f") is None
 
 
 def test_missing_token_or_repository_is_one_clear_sentence(monkeypatch, tmp_path):

@@ -1,157 +1,149 @@
-"""The HTTP client every cluster call goes through: timeouts, safe retries, errors that say
-where. Also home of `LocalServer`, the 127.0.0.1 server the other cluster tests answer from."""
+"""The HTTP policy every cluster call goes through: urllib3 Retry on a requests.Session,
+(connect, read) timeouts, a deadline per logical call, errors that say where and what to raise.
+
+`LocalServer` and `closed_port` (re-exported from the simulation) are what the other cluster
+tests answer from."""
 
 from __future__ import annotations
 
-import json
-import socket
-import threading
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from urllib.parse import parse_qs, urlsplit
+from types import SimpleNamespace
 
 import pytest
+from sim import LocalServer, SilentServer, closed_port
 
-from mlrail.cluster.http import ClusterCallError, JsonApi, Retry
+from mlrail.cluster.http import ClusterCallError, JsonApi, Retry, Timeouts, deadline, remaining
 
+__all__ = ["NO_WAIT", "FAST", "LocalServer", "closed_port"]
 
-@dataclass
-class Request:
-    method: str
-    path: str
-    query: dict[str, list[str]]
-    headers: dict[str, str]
-    body: bytes
-
-    def json(self):
-        return json.loads(self.body or b"null")
+NO_WAIT = Retry(attempts=3, backoff=0.0)
+FAST = Timeouts(connect_s=0.5, read_s=0.5, deadline_s=2.0)
 
 
-Reply = tuple[int, dict[str, str], bytes | str | dict | list | None]
-
-
-@dataclass
-class LocalServer:
-    """A real HTTP server on a free 127.0.0.1 port; `route(request) -> (status, headers, body)`."""
-
-    route: Callable[[Request], Reply]
-    requests: list[Request] = field(default_factory=list)
-
-    def __enter__(self) -> LocalServer:
-        server_self = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args):  # keep test output clean
-                pass
-
-            def setup(self):
-                super().setup()
-                # headers and body are separate writes: without this, Nagle + delayed ACK add 40 ms
-                self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-
-            def _handle(self):
-                length = int(self.headers.get("Content-Length") or 0)
-                parts = urlsplit(self.path)
-                request = Request(
-                    self.command, parts.path, parse_qs(parts.query), dict(self.headers), self.rfile.read(length)
-                )
-                server_self.requests.append(request)
-                status, headers, body = server_self.route(request)
-                if isinstance(body, (dict, list)):
-                    body = json.dumps(body)
-                    headers = {"Content-Type": "application/json", **headers}
-                payload = body.encode() if isinstance(body, str) else (body or b"")
-                try:
-                    self.send_response(status)
-                    for key, value in headers.items():
-                        self.send_header(key, value)
-                    self.send_header("Content-Length", str(len(payload)))
-                    self.end_headers()
-                    self.wfile.write(payload)
-                except (BrokenPipeError, ConnectionResetError):
-                    pass  # the client gave up first (the timeout tests)
-
-            do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = _handle
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
-        self.thread.join(timeout=5)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.httpd.server_address[1]}"
-
-
-def closed_port() -> int:
-    """A port nothing listens on (bound, then released)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-NO_WAIT = Retry(attempts=3, backoff=0.0, sleep=lambda _: None)
-
-
-def test_get_is_retried_on_5xx_and_succeeds():
+def test_get_is_retried_on_502_503_and_succeeds():
     answers = iter([(502, {}, "bad gateway"), (503, {}, "busy"), (200, {}, {"ok": True})])
     with LocalServer(lambda request: next(answers)) as server:
-        api = JsonApi("GitHub", "staging", server.url, retry=NO_WAIT)
+        api = JsonApi("Argo CD", "staging", server.url, retry=NO_WAIT)
         assert api.json("GET", "/thing") == {"ok": True}
         assert len(server.requests) == 3
 
 
-def test_post_is_not_resent_after_a_5xx():
-    with LocalServer(lambda request: (500, {}, {"message": "boom"})) as server:
-        api = JsonApi("GitHub", "production", server.url, retry=NO_WAIT)
+def test_a_500_is_not_retried_and_a_post_is_not_resent_after_a_503():
+    with LocalServer(lambda request: (503, {}, {"message": "busy"})) as server:
+        api = JsonApi("Argo CD", "production", server.url, retry=NO_WAIT)
         with pytest.raises(ClusterCallError) as caught:
             api.json("POST", "/things", json={"a": 1})
-        assert len(server.requests) == 1
+        assert len(server.requests) == 1  # it may have been applied: never sent twice
         message = str(caught.value)
-        assert "GitHub (production) POST" in message and f"{server.url}/things" in message
-        assert "500" in message and "boom" in message
+        assert "Argo CD (production) POST" in message and f"{server.url}/things" in message
+        assert "503" in message and "busy" in message and caught.value.status == 503
+    with LocalServer(lambda request: (500, {}, {"message": "boom"})) as server:
+        with pytest.raises(ClusterCallError, match="answered 500: boom"):
+            JsonApi("Argo CD", "staging", server.url, retry=NO_WAIT).json("GET", "/x")
+        assert len(server.requests) == 1
+
+
+def test_a_429_is_retried_for_any_method_after_retry_after():
+    answers = iter([(429, {"Retry-After": "1"}, {"message": "slow down"}), (201, {}, {"id": 7})])
+    with LocalServer(lambda request: next(answers)) as server:
+        began = time.monotonic()
+        assert JsonApi("Argo CD", "staging", server.url, retry=NO_WAIT).json("POST", "/x", json={}) == {"id": 7}
+        assert time.monotonic() - began >= 0.9  # the server's Retry-After was honoured
+        assert [r.method for r in server.requests] == ["POST", "POST"]
 
 
 def test_retries_stop_after_the_last_attempt():
     with LocalServer(lambda request: (503, {}, "down")) as server:
         api = JsonApi("Argo CD", "staging", server.url, retry=NO_WAIT)
-        with pytest.raises(ClusterCallError, match=r"Argo CD \(staging\) GET .* answered 503"):
+        with pytest.raises(ClusterCallError, match=r"Argo CD \(staging\) GET .* answered 503: down"):
             api.json("GET", "/x")
         assert len(server.requests) == NO_WAIT.attempts
 
 
-def test_backoff_doubles_between_attempts():
-    slept = []
-    retry = Retry(attempts=4, backoff=0.5, sleep=slept.append)
-    with LocalServer(lambda request: (503, {}, "down")) as server, pytest.raises(ClusterCallError):
-        JsonApi("GitHub", "sandbox", server.url, retry=retry).json("GET", "/x")
-    assert slept == [0.5, 1.0, 2.0]
+def test_backoff_grows_between_attempts():
+    stamps = []
+
+    def route(request):
+        stamps.append(time.monotonic())
+        return 503, {}, "down"
+
+    with LocalServer(route) as server, pytest.raises(ClusterCallError):
+        JsonApi("Argo CD", "sandbox", server.url, retry=Retry(attempts=4, backoff=0.1)).json("GET", "/x")
+    gaps = [b - a for a, b in zip(stamps, stamps[1:], strict=False)]
+    # urllib3: no wait before the first retry, then backoff × 2, × 4
+    assert len(gaps) == 3 and gaps[1] >= 0.18 and gaps[2] >= 0.38 and gaps[2] > gaps[1] > gaps[0]
 
 
-def test_a_slow_server_times_out_with_the_environment_and_endpoint_named():
+def test_a_retry_after_beyond_the_deadline_fails_now_naming_the_setting():
+    with LocalServer(lambda request: (503, {"Retry-After": "120"}, "maintenance")) as server:
+        began = time.monotonic()
+        with pytest.raises(ClusterCallError) as caught:
+            JsonApi("Argo CD", "staging", server.url, timeouts=FAST, retry=NO_WAIT).json("GET", "/x")
+        assert time.monotonic() - began < 1.0 and len(server.requests) == 1
+        assert "answered 503: maintenance" in str(caught.value)
+        assert "timeouts.deadline_s in config/environments.yaml" in str(caught.value)
+
+
+def test_a_server_that_never_answers_fails_within_the_deadline():
+    """It accepts the connection and sends nothing; GETs are retried, but only until the deadline."""
+    timeouts = Timeouts(connect_s=0.5, read_s=0.4, deadline_s=1.5)
+    with SilentServer() as server:
+        api = JsonApi("Argo CD", "production", server.url, timeouts=timeouts, retry=Retry(attempts=50, backoff=0.0))
+        began = time.monotonic()
+        with pytest.raises(ClusterCallError) as caught:
+            api.json("GET", "/api/v1/applications/x")
+        elapsed = time.monotonic() - began
+        assert 1.2 <= elapsed < 2.5, elapsed
+        assert server.accepted >= 3  # retried meanwhile
+        message = str(caught.value)
+        assert f"Argo CD (production) GET {server.url}/api/v1/applications/x failed: gave up after 1.5s" in message
+        assert "raise timeouts.deadline_s in config/environments.yaml" in message
+        assert "no answer within 0.4s (timeouts.read_s)" in message
+
+
+def test_a_post_to_a_server_that_never_answers_is_sent_once():
+    with SilentServer() as server:
+        api = JsonApi("Argo CD", "staging", server.url, timeouts=FAST, retry=NO_WAIT)
+        began = time.monotonic()
+        with pytest.raises(ClusterCallError, match=r"POST .* failed: timed out: no answer within 0\.5s"):
+            api.json("POST", "/x", json={})
+        assert time.monotonic() - began < 1.5 and server.accepted == 1
+
+
+def test_one_slow_answer_is_cut_at_the_read_timeout():
     def slow(request):
         time.sleep(1.0)
         return 200, {}, {}
 
     with LocalServer(slow) as server:
-        api = JsonApi("GitHub", "staging", server.url, timeout=0.2, retry=Retry(attempts=1))
-        with pytest.raises(ClusterCallError, match=r"GitHub \(staging\) GET http://127\.0\.0\.1:\d+/slow timed out"):
+        api = JsonApi("Argo CD", "staging", server.url, timeouts=Timeouts(0.5, 0.2, 5.0), retry=Retry(attempts=1))
+        with pytest.raises(ClusterCallError, match=r"Argo CD \(staging\) GET http://127\.0\.0\.1:\d+/slow failed: timed"):
             api.json("GET", "/slow")
 
 
 def test_connection_refused_names_environment_and_endpoint():
     url = f"http://127.0.0.1:{closed_port()}"
-    api = JsonApi("Kubeflow Pipelines", "production", url, retry=NO_WAIT)
+    api = JsonApi("Kubeflow Pipelines", "production", url, timeouts=FAST, retry=NO_WAIT)
     with pytest.raises(ClusterCallError) as caught:
         api.json("POST", "/apis/v2beta1/runs", json={})
-    assert f"Kubeflow Pipelines (production) POST {url}/apis/v2beta1/runs failed: cannot connect" in str(caught.value)
+    assert (
+        f"Kubeflow Pipelines (production) POST {url}/apis/v2beta1/runs failed: cannot connect (connection refused)"
+        in str(caught.value)
+    )
+
+
+def test_nested_deadlines_keep_the_earlier_one():
+    assert remaining() is None
+    with deadline(10):
+        with deadline(1):
+            assert remaining() <= 1
+        with deadline(100):
+            assert 9 < remaining() <= 10
+    assert remaining() is None
+
+
+def test_timeouts_come_from_an_environment_or_default_to_about_30_seconds():
+    assert Timeouts.of(None) == Timeouts() and Timeouts().deadline_s <= 30
+    env = SimpleNamespace(timeouts=SimpleNamespace(connect_s=1, read_s=2, deadline_s=3, run_s=3600))
+    assert Timeouts.of(env) == Timeouts(1.0, 2.0, 3.0)
+    assert Timeouts.of(SimpleNamespace(timeouts={"read_s": 7})) == Timeouts(read_s=7.0)

@@ -8,10 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from mlrail import cli, overlays
-
+from example import PACKAGE as PACKAGE_NAME
 from example import ROOT
-PACKAGE = Path(cli.__file__).parent.relative_to(ROOT).as_posix()  # src/<package>
+from mlrail import cli, config, overlays
+
+PACKAGE = f"src/{PACKAGE_NAME}"
 GIT = ["git", "-c", "user.name=Test", "-c", "user.email=test@example.com", "-c", "commit.gpgsign=false"]
 DIGEST_3 = "sha256:" + "3" * 64
 DIGEST_4 = "sha256:" + "4a" * 32
@@ -36,7 +37,8 @@ class Repo:
         path.write_text(text.replace(old, new, 1))
 
     def diff(self, base: str = "HEAD~1", head: str = "HEAD") -> overlays.DiffReport:
-        return overlays.diff_refs(self.path, base, head)
+        cfg = config.load(self.path)
+        return overlays.diff_refs(self.path, base, head, pipelines=cfg.pipelines, image=cfg.image)
 
 
 def make_repo(path: Path, folders=("config", "deploy"), files=()) -> Repo:
@@ -55,12 +57,15 @@ def repo(tmp_path):
     return make_repo(tmp_path / "repo")
 
 
-def promote(repo: Repo, version: str, digest: str) -> None:
-    model = repo.path / "deploy/overlays/production/model.yaml"
-    text = re.sub(r"version: .*", f'version: "{version}"', model.read_text())
-    text = re.sub(r"digest: .*", f"digest: {digest}", text)
+def promote(repo: Repo, version: str, digest: str, image: str | None = None) -> None:
+    release = repo.path / "deploy/overlays/production/release.yaml"
+    text = re.sub(r"modelVersion: .*", f'modelVersion: "{version}"', release.read_text())
+    text = re.sub(r"modelDigest: .*", f"modelDigest: {digest}", text)
     text = re.sub(r"storageUri: .*", f"storageUri: s3://models/{digest.replace(':', '-')}", text)
-    model.write_text(text)
+    text = re.sub(r"modelSource: .*", f"modelSource: staging:m/{version}", text)
+    if image:
+        text = re.sub(r"  image: .*", f"  image: {image}", text)
+    release.write_text(text)
 
 
 def by_name(report: overlays.DiffReport) -> dict[str, overlays.OverlayDiff]:
@@ -78,9 +83,9 @@ def test_model_promotion_renders_only_production_and_headlines_the_model(repo):
     assert report.unaffected == ["staging", "sandbox"]
     production = report.overlays[0]
     assert production.status == "changed"
-    assert production.because == ["deploy/overlays/production/model.yaml"]
+    assert production.because == ["deploy/overlays/production/release.yaml"]
     assert {(r.key[0], r.key[2], r.status) for r in production.resources} == {
-        ("ConfigMap", "model", "changed"),
+        ("ConfigMap", "release", "changed"),
         ("InferenceService", _project(repo), "changed"),
     }
     assert production.headline[:2] == [
@@ -101,15 +106,18 @@ def _project(repo: Repo) -> str:
     return yaml.safe_load((repo.path / "config/environments.yaml").read_text())["project"]
 
 
-def test_image_bump_in_one_overlay(repo):
-    repo.edit("deploy/overlays/staging/kustomization.yaml", 'newTag: "0.1.0"', 'newTag: "0.2.0"')
-    repo.commit("staging: image 0.2.0")
+def test_image_in_a_release_reaches_the_feature_job(repo):
+    image = "ghcr.io/my-org/churn-classifier@" + DIGEST_3
+    promote(repo, "3", DIGEST_3, image)
+    repo.commit("promote version 3 with its image")
+    promote(repo, "4", DIGEST_4, image.replace(DIGEST_3, DIGEST_4))
+    repo.commit("promote version 4 with a new image")
 
-    report = repo.diff()
-    assert [o.name for o in report.overlays] == ["staging"]
-    (line,) = report.overlays[0].headline
-    assert re.fullmatch(r"image `[^`]+/[^`]+` `0\.1\.0` → `0\.2\.0`", line), line
-    assert {r.key[0] for r in report.overlays[0].resources} == {"CronJob"}
+    (production,) = repo.diff().overlays
+    assert {r.key[0] for r in production.resources} == {"ConfigMap", "CronJob", "InferenceService"}
+    assert "image `ghcr.io/my-org/churn-classifier` `@sha256:333333333333…` → `@sha256:4a4a4a4a4a4a…`" in (
+        production.headline
+    )
 
 
 def test_base_change_touches_every_overlay_production_first(repo):
@@ -168,14 +176,14 @@ def test_deleted_overlay_is_all_removed(repo):
 
 
 def test_rename_counts_at_both_paths_and_renders_identically(repo):
-    repo.git("mv", "deploy/overlays/production/model.yaml", "deploy/overlays/production/model-ref.yaml")
-    repo.edit("deploy/overlays/production/kustomization.yaml", "  - model.yaml", "  - model-ref.yaml")
-    repo.commit("rename the model reference")
+    repo.git("mv", "deploy/overlays/production/release.yaml", "deploy/overlays/production/release-ref.yaml")
+    repo.edit("deploy/overlays/production/kustomization.yaml", "  - release.yaml", "  - release-ref.yaml")
+    repo.commit("rename the release file")
 
     report = repo.diff()
     renames = [c for c in report.changes if c.status == "R"]
     assert [(c.old_path, c.path) for c in renames] == [
-        ("deploy/overlays/production/model.yaml", "deploy/overlays/production/model-ref.yaml")
+        ("deploy/overlays/production/release.yaml", "deploy/overlays/production/release-ref.yaml")
     ]
     (production,) = report.overlays
     assert production.status == "unchanged" and not production.resources
@@ -193,7 +201,9 @@ def test_rename_without_updating_the_reference_fails_at_head(repo):
 
 
 def test_overlay_that_breaks_at_head_is_reported_and_fails_the_command(repo, monkeypatch, capsys):
-    repo.edit("deploy/overlays/sandbox/kustomization.yaml", "  - model.yaml\n", "  - model.yaml\n  - missing.yaml\n")
+    repo.edit(
+        "deploy/overlays/sandbox/kustomization.yaml", "  - release.yaml\n", "  - release.yaml\n  - missing.yaml\n"
+    )
     repo.commit("sandbox references a file that does not exist")
     monkeypatch.chdir(repo.path)
 
@@ -209,7 +219,9 @@ def test_overlay_that_breaks_at_head_is_reported_and_fails_the_command(repo, mon
 
 
 def test_overlay_broken_at_base_is_shown_as_new(repo):
-    repo.edit("deploy/overlays/sandbox/kustomization.yaml", "  - model.yaml\n", "  - model.yaml\n  - missing.yaml\n")
+    repo.edit(
+        "deploy/overlays/sandbox/kustomization.yaml", "  - release.yaml\n", "  - release.yaml\n  - missing.yaml\n"
+    )
     repo.commit("broken")
     repo.edit("deploy/overlays/sandbox/kustomization.yaml", "  - missing.yaml\n", "")
     repo.commit("fixed")
@@ -226,7 +238,7 @@ def test_oversized_diff_is_cut_longest_first_under_the_comment_limit(repo):
     (repo.path / "deploy/overlays/staging/big.yaml").write_text(
         f"apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: big\ndata:\n{big}\n"
     )
-    repo.edit("deploy/overlays/staging/kustomization.yaml", "  - model.yaml\n", "  - model.yaml\n  - big.yaml\n")
+    repo.edit("deploy/overlays/staging/kustomization.yaml", "  - release.yaml\n", "  - release.yaml\n  - big.yaml\n")
     promote(repo, "7", DIGEST_4)
     repo.commit("a big ConfigMap in staging and a promotion")
 
@@ -287,8 +299,8 @@ def test_generator_files_are_followed_and_hash_suffixes_paired(repo):
     (repo.path / "deploy/overlays/staging/settings.env").write_text("LOG_LEVEL=info\n")
     repo.edit(
         "deploy/overlays/staging/kustomization.yaml",
-        "images:",
-        "configMapGenerator:\n  - name: settings\n    envs: [settings.env]\nimages:",
+        "patches:",
+        "configMapGenerator:\n  - name: settings\n    envs: [settings.env]\npatches:",
     )
     repo.commit("staging settings")
     (repo.path / "deploy/overlays/staging/settings.env").write_text("LOG_LEVEL=debug\n")
@@ -311,29 +323,63 @@ def test_pipeline_change_reports_components_and_parameters(tmp_path):
     report = repo.diff()
     assert report.overlays == []
     pipelines = {p.name: p for p in report.pipelines}
-    assert pipelines["features"].status == "unchanged"
+    # the source changed, so the image every component runs changed; nothing else of features
+    (make_features,) = pipelines["features"].components
+    assert [line.split(" ")[0] for line in make_features.details] == ["image"]
     training = pipelines["training"]
     assert training.status == "changed"
     assert training.parameters == ["`max_iter`: default `1000` → `500`"]
-    (train,) = training.components
-    assert train.name == "train" and train.status == "changed"
-    assert train.details[0] == "input `c` default `1.0` → `0.5`"
+    train = next(c for c in training.components if c.name == "train")
+    assert train.status == "changed" and "input `c` default `1.0` → `0.5`" in train.details
     assert train.details[-1].startswith("code `sha256:")
     assert "+    c: float = 0.5," in train.code_diff
     markdown = overlays.to_markdown(report)
-    assert (
-        "### Compiled pipelines" in markdown
-        and "Compiled identically (components and parameters): features" in markdown
-    )
-    assert "`train`: input `c` default `1.0` → `0.5`" in markdown
+    assert "### Compiled pipelines" in markdown and "The project image changes" in markdown
+    assert "input `c` default `1.0` → `0.5`" in markdown
 
     repo.edit(f"{PACKAGE}/components/ops.py", "def train(", "def train(:")
     repo.commit("a syntax error")
     report = repo.diff()
     assert report.failed
-    (broken,) = report.pipelines
-    assert broken.status == "failed" and "SyntaxError" in broken.error and "ops.py" in broken.error
+    assert {p.name: p.status for p in report.pipelines} == {"features": "failed", "training": "failed"}
+    for broken in report.pipelines:
+        assert "SyntaxError" in broken.error and "ops.py" in broken.error
     assert "does not compile at head" in overlays.to_markdown(report)
+
+
+def test_a_feature_change_changes_the_pipelines_and_the_release_image(tmp_path, monkeypatch, capsys):
+    """features.py is not part of any compiled component, but of the image they run: a change to it
+    must show in the diff as a new image for every pipeline, never as "compiled identically"."""
+    repo = make_repo(tmp_path / "repo", folders=("config", "deploy", "src"), files=("pyproject.toml", "Dockerfile"))
+    repo.edit(
+        f"{PACKAGE}/components/features.py",
+        '    frame["log_mean_area"] = np.log1p(frame["mean_area"])',
+        '    frame["log_mean_area"] = np.log1p(frame["mean_area"])\n'
+        '    frame["log_mean_radius"] = np.log1p(frame["mean_radius"])',
+    )
+    repo.commit("features: one more column")
+
+    report = repo.diff()
+    image = config.load(repo.path).image
+    assert report.images["base"].startswith(f"{image}@sha256:") and report.images["head"].startswith(f"{image}@sha256:")
+    assert report.images["base"] != report.images["head"]
+    assert {p.name: p.status for p in report.pipelines} == {"features": "changed", "training": "changed"}
+    for pipeline in report.pipelines:
+        for component in pipeline.components:
+            assert component.details == [
+                f"image `{overlays._short(report.images['base'])}` → `{overlays._short(report.images['head'])}`"
+            ]
+
+    monkeypatch.chdir(repo.path)
+    assert cli.main(["diff", "--base", "HEAD~1"]) == 0
+    markdown = (repo.path / "build/diff.md").read_text()
+    assert "The project image changes" in markdown and "Compiled identically" not in markdown
+    assert "the next release names this image" in markdown
+
+    # A documentation-only change is no code change: nothing compiles, the image stays.
+    (repo.path / "README.md").write_text("docs\n")
+    repo.commit("docs")
+    assert repo.diff().pipelines is None
 
 
 def test_unknown_ref_is_one_clear_error(repo, monkeypatch, capsys):
@@ -351,7 +397,7 @@ def test_kustomization_outside_deploy_is_followed(repo):
         "labels:\n  - pairs: {team: ml}\n    includeSelectors: false\n"
     )
     repo.edit(
-        "deploy/overlays/staging/kustomization.yaml", "images:", "components:\n  - ../../../shared/labels\nimages:"
+        "deploy/overlays/staging/kustomization.yaml", "patches:", "components:\n  - ../../../shared/labels\npatches:"
     )
     repo.commit("staging uses a shared component")
     repo.edit("shared/labels/kustomization.yaml", "team: ml", "team: ml-platform")

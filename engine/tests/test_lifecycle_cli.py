@@ -25,7 +25,7 @@ def run(capsys, *argv):
 def test_commands_before_any_model(fresh, capsys):
     assert run(capsys, "prs")[:2] == (0, "no pull requests yet\n")
     code, out, _ = run(capsys, "production")
-    assert code == 0 and "declares no model yet (version: none): nothing to serve" in out
+    assert code == 0 and "declares no model yet (modelVersion: none): nothing to serve" in out
     code, out, _ = run(capsys, "status")
     assert code == 0 and "| production | 0 |" in out and "| sandbox | 0 |" in out
 
@@ -36,10 +36,17 @@ def test_commands_before_any_model(fresh, capsys):
         (["merge", "--pr", "7"], "error: pull request #7 does not exist (known: none yet)"),
         (["rollback"], "error: nothing to roll back to"),
         (["promote"], "error: staging has no challenger: run `make staging`"),
-        (["staging", "--c", "0"], "error: --c is 0.0; expected a positive regularisation strength"),
+        (["staging", "--param", "c=zero"], "error: --param c is 'zero'; expected a float"),
+        (
+            ["sandbox", "--param", "n_estimators=200"],
+            "error: --param n_estimators is not a parameter of churn_classifier.pipelines:training_pipeline; "
+            "it takes c, max_iter, seed",
+        ),
     ],
 )
 def test_mistakes_are_one_line_and_exit_1(fresh, capsys, argv, message):
+    """A parameter the pipeline does not declare fails before anything runs (issue 9: it reached
+    the pipeline as an unexpected keyword argument)."""
     code, out, err = run(capsys, *argv)
     errors = [line for line in err.splitlines() if line.startswith("error:")]
     assert code == 1 and len(errors) == 1 and errors[0].startswith(message) and "Traceback" not in err

@@ -12,8 +12,8 @@ import pytest
 import lifecycle_support as support
 from mlrail import cli, config, gitops, promotion, serving
 from mlrail.artifacts import ArtifactStore
-from mlrail.modelref import read_model_ref
 from mlrail.registry import Registry
+from mlrail.release import read_release, resolve_uri
 
 # fixtures (pytest finds them by name in this module) and helpers
 blank_registry_db = support.blank_registry_db
@@ -21,8 +21,8 @@ lifecycle = support.lifecycle
 crash_after_each = support.crash_after_each
 served_digest = support.served_digest
 versions = support.versions
-PRODUCTION_MODEL = support.PRODUCTION_MODEL
-STAGING_MODEL = support.STAGING_MODEL
+PRODUCTION_RELEASE = support.PRODUCTION_RELEASE
+STAGING_RELEASE = support.STAGING_RELEASE
 
 
 @pytest.mark.slow
@@ -37,9 +37,17 @@ def test_transit_promotes_copies_serves_and_rolls_back(lifecycle, monkeypatch, c
     assert candidate.tags["gates"] == "passed" and candidate.tags["git_commit"] == gitops.head_commit(cfg.root)
     assert ArtifactStore(cfg.env("staging")).digests() == [candidate.digest]
     assert served_digest(cfg, "staging") == candidate.digest
-    assert read_model_ref(cfg.root / "deploy/overlays/staging").digest == candidate.digest
+    staged = read_release(cfg.root / "deploy/overlays/staging")
+    assert staged.model.digest == candidate.digest and staged.gates == "passed"
+    assert staged.image == f"{cfg.image}@{candidate.tags['source_digest']}"  # locally the source digest stands in
+    assert staged.pipeline == candidate.tags["pipeline_version"] and staged.data_snapshot.startswith("sha256:")
+    assert staged.model.storage_uri.startswith("mlops://staging/")  # never a path of this machine
     (pr,) = pulls.list()
-    assert (pr.number, pr.state, pr.files) == (1, "open", [PRODUCTION_MODEL, STAGING_MODEL])
+    assert (pr.number, pr.state, pr.files) == (1, "open", [PRODUCTION_RELEASE, STAGING_RELEASE])
+    promoted = promotion.release_from_text(gitops.show(cfg.root, pr.head, PRODUCTION_RELEASE), "promotion PR")
+    assert promoted.model.source == f"staging:{cfg.model_name}/{candidate.version}"
+    assert promoted.model.storage_uri.startswith("mlops://production/") and promoted.image == staged.image
+    assert (promoted.parameters, promoted.metrics, promoted.gates) == (staged.parameters, staged.metrics, "passed")
     assert "| gate | threshold | value | result |" in pr.body
 
     # correctness does not depend on the progress record: retraining finds the same version and PR
@@ -59,17 +67,18 @@ def test_transit_promotes_copies_serves_and_rolls_back(lifecycle, monkeypatch, c
     assert ArtifactStore(cfg.env("production")).digests() == [candidate.digest]
     assert served_digest(cfg, "production") == candidate.digest
     status = serving.endpoint(cfg, "production").status()
-    rows = serving.sample_test_rows(3)
-    assert len(serving.infer(status.url, cfg.model_name, rows)) == 3
+    served = read_release(cfg.root / "deploy/overlays/production").model
+    model_dir = ArtifactStore(cfg.env("production")).local_path(resolve_uri(served.storage_uri, cfg.local_root))
+    assert serving.infer(status.url, cfg.model_name, serving.input_example(model_dir)).outputs
 
     # a second candidate, promoted; then a rollback to the first
-    second = promotion.run_staging(cfg, c=0.5)
+    second = promotion.run_staging(cfg, {"c": 0.5})
     assert second.model["digest"] != candidate.digest and second.pull_request["number"] == 2
     pulls.merge(2)
     promotion.run_production(cfg)
     assert served_digest(cfg, "production") == second.model["digest"]
     pr, target = promotion.open_rollback(cfg)
-    assert target.digest == candidate.digest and pr.files == [PRODUCTION_MODEL]
+    assert target.model.digest == candidate.digest and pr.files == [PRODUCTION_RELEASE]
     assert promotion.open_rollback(cfg)[0].number == pr.number  # rerun: the same PR
     pulls.merge(pr.number)
     promotion.run_production(cfg)
@@ -78,7 +87,7 @@ def test_transit_promotes_copies_serves_and_rolls_back(lifecycle, monkeypatch, c
     assert Registry(cfg.env("production"), cfg.model_name).alias("champion").digest == candidate.digest
 
     # rerunning staging does not undo the rollback
-    rerun = promotion.run_staging(cfg, c=0.5)
+    rerun = promotion.run_staging(cfg, {"c": 0.5})
     assert rerun.pull_request is None and len(pulls.list()) == 3
 
     capsys.readouterr()
@@ -90,7 +99,7 @@ def test_transit_promotes_copies_serves_and_rolls_back(lifecycle, monkeypatch, c
     path = cfg.root / "config" / "environments.yaml"
     path.write_text(path.read_text().replace("min_accuracy: 0.90", "min_accuracy: 0.999", 1))
     assert config.load(cfg.root).env("staging").gates["min_accuracy"] == 0.999
-    assert cli.main(["staging", "--c", "0.5"]) == 1
+    assert cli.main(["staging", "--param", "c=0.5"]) == 3  # exit 3: a gate failed
     out, err = capsys.readouterr()
     assert "| min_accuracy | >= 0.999 |" in out and "| FAIL |" in out
     assert "error: staging gates failed for churn-classifier v2: min_accuracy" in err

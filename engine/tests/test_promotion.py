@@ -1,13 +1,19 @@
-"""Pure parts of the promotion flows: gates, model references, pipeline specs, PR bodies, the fault hook."""
+"""Pure parts of the promotion flows: gates, releases of registered versions, retrain's checks on
+the promoted release, PR bodies, the fault hook."""
+
+import subprocess
+from dataclasses import replace
+from types import SimpleNamespace
 
 import pytest
 
 from mlrail import promotion
-from mlrail.modelref import ModelRef, ModelRefError, render_model_ref
 from mlrail.promotion import PromotionError, evaluate_gates
 from mlrail.registry import ModelVersion
+from mlrail.release import ModelRef, read_release, write_release
 
 DIGEST = "sha256:" + "ab" * 32
+IMAGE = "ghcr.io/my-org/churn-classifier@sha256:" + "cd" * 32
 GATES = {"min_accuracy": 0.9, "min_roc_auc": 0.95, "max_regression": 0.01, "max_latency_ms": 500}
 
 
@@ -35,44 +41,112 @@ def test_a_missing_metric_fails_and_an_unknown_gate_is_a_config_error():
         evaluate_gates({"min-accuracy": 0.9}, {}, where="staging.gates")
 
 
-def test_source_round_trip_and_bad_sources():
-    assert promotion.parse_source(promotion.source_of("staging", "churn-classifier", "3")) == (
-        "staging",
-        "churn-classifier",
-        "3",
+def test_a_registered_version_turns_back_into_its_release(project_copy):
+    from mlrail import config
+
+    cfg = config.load()
+    stored = cfg.local_root / "staging" / "artifacts" / "models" / ("sha256-" + "ab" * 32)
+    tags = {
+        "pipeline_version": "sha256:" + "cd" * 32,
+        "git_commit": "a" * 40,
+        "data_snapshot": "sha256:" + "ef" * 32,
+        "image": IMAGE,
+        "source_digest": "sha256:" + "01" * 32,
+        "parameters": '{"features":{"seed":42},"training":{"c":0.5,"n_estimators":7}}',
+        "metric.accuracy": "0.97",
+        "gates": "passed",
+    }
+    release = promotion.release_of(cfg, "staging", ModelVersion("m", "4", stored.as_uri(), DIGEST, tags=tags))
+    uri = "mlops://staging/artifacts/models/sha256-" + "ab" * 32
+    assert release.model == ModelRef("m", "4", DIGEST, uri, "staging:m/4")
+    assert (release.commit, release.image, release.gates) == ("a" * 40, IMAGE, "passed")
+    assert release.pipeline == tags["pipeline_version"] and release.data_snapshot == tags["data_snapshot"]
+    assert release.parameters == {"features": {"seed": 42}, "training": {"c": 0.5, "n_estimators": 7}}
+    assert release.metrics == {"accuracy": 0.97}
+    with pytest.raises(PromotionError, match="has no image tag"):
+        promotion.release_of(cfg, "staging", ModelVersion("m", "5", stored.as_uri(), DIGEST, tags={}))
+
+
+def git(root, *args):
+    argv = ["git", "-c", "user.name=t", "-c", "user.email=t@t", *args]
+    subprocess.run(argv, cwd=root, check=True, capture_output=True)
+
+
+def promoted_release(root, **changes):
+    """Commit the repository, then commit production's release as a retrain promotion PR writes it."""
+    from mlrail import source
+
+    (root / ".gitignore").write_text(".mlops/\nbuild/\n")
+    git(root, "init", "-q", "--initial-branch=main")
+    git(root, "add", "-A")
+    git(root, "commit", "-qm", "initial")
+    overlay = root / "deploy/overlays/production"
+    values = dict(
+        commit="a" * 40,
+        image=IMAGE,
+        source_digest=source.source_digest(root),
+        pipeline="sha256:" + "02" * 32,
+        model=ModelRef("churn-classifier", source="staging:churn-classifier/3"),
     )
-    for bad in ("none", "staging:churn-classifier", "staging:churn-classifier/x", ":m/1"):
-        with pytest.raises(PromotionError, match="is not of the form <env>:<model name>/<version>"):
-            promotion.parse_source(bad)
+    values.update(changes)
+    declared = replace(read_release(overlay), **values)
+    write_release(overlay, declared)
+    git(root, "commit", "-qam", "Promote staging v3 (retrain)")
+    return declared
 
 
-def test_model_reference_from_committed_text():
-    ref = ModelRef("m", "2", DIGEST, "file:///s/models/sha256-" + "ab" * 32, "staging:m/2")
-    assert promotion.ref_from_text(render_model_ref(ref), "x") == ref
-    with pytest.raises(ModelRefError, match="data.digest is missing"):
-        promotion.ref_from_text("kind: ConfigMap\ndata: {name: m, version: '1'}\n", "x")
-    with pytest.raises(ModelRefError, match="expected sha256"):
-        promotion.ref_from_text(render_model_ref(ref).replace(DIGEST, "sha256:zz"), "x")
+def test_retrain_forwards_every_parameter_of_the_release(project_copy, monkeypatch):
+    """Production trains with exactly the release's parameters, names the example does not have included."""
+    from mlrail import config, runner
+
+    parameters = {"features": {"rows": 500, "window_days": 30}, "training": {"c": 0.5, "n_estimators": 7}}
+    declared = promoted_release(project_copy, parameters=parameters)
+    cfg = config.load()
+    compiled_with, seen = [], {}
+
+    def compile_pipelines(cfg, image=None):
+        compiled_with.append(image)
+        return {"pipeline": declared.pipeline}
+
+    def features(env, pipelines, params):
+        seen["features"] = params
+        return SimpleNamespace(rows=1, snapshot="sha256:" + "0" * 64, features_uri=str(project_copy / "f.csv"))
+
+    def training(env, pipelines, features_uri, params):
+        seen["training"] = params
+        (project_copy / "model").mkdir()
+        snapshot = "sha256:" + "0" * 64
+        return SimpleNamespace(model_uri=str(project_copy / "model"), metrics={}, snapshot=snapshot, params=params)
+
+    monkeypatch.setattr(promotion, "compile_pipelines", compile_pipelines)
+    # As if the team's pipelines declared these parameters: bind passes them through.
+    monkeypatch.setattr(runner, "bind", lambda pipelines, name, given, sources=None: dict(given))
+    monkeypatch.setattr(promotion.Flow, "registry", lambda self, env, name: SimpleNamespace(versions=lambda: []))
+    monkeypatch.setattr(runner, "run_features", features)
+    monkeypatch.setattr(runner, "run_training", training)
+    monkeypatch.setenv(promotion.FAULT_VAR, "production:training")  # stop before storing
+    with pytest.raises(promotion.InjectedFault):
+        promotion._retrain(cfg, promotion.Flow("production", "production", "retrain"), None)
+    assert compiled_with == [IMAGE]  # compiled against the release's image
+    assert seen == parameters  # every parameter, none dropped or changed by config
 
 
-def test_pipeline_spec_round_trip_and_validation():
-    candidate = ModelVersion(
-        "m",
-        "4",
-        "file:///x",
-        DIGEST,
-        tags={"pipeline_version": "sha256:" + "cd" * 32, "param.c": "0.5", "param.max_iter": "1000", "git_commit": "a"},
-    )
-    spec = promotion.pipeline_spec(candidate)
-    assert spec["parameters"] == {"c": 0.5, "max_iter": 1000}
-    assert spec["validated"]["version"] == "4"
-    text = promotion.render_pipeline_spec(spec)
-    assert text.startswith("# ") and promotion.read_pipeline_spec(text, "p.yaml") == spec
-    assert promotion.read_pipeline_spec(None, "p.yaml") is None
-    with pytest.raises(PromotionError, match="p.yaml: pipeline_version is missing"):
-        promotion.read_pipeline_spec("parameters: {}\n", "p.yaml")
-    with pytest.raises(PromotionError, match="not valid YAML"):
-        promotion.read_pipeline_spec("a: [", "p.yaml")
+def test_retrain_refuses_other_code_another_pipeline_or_an_uncommitted_release(project_copy):
+    from mlrail import config, source
+
+    flow = promotion.Flow("production", "production", "retrain")
+    promoted_release(project_copy, source_digest="sha256:" + "11" * 32)
+    cfg = config.load()
+    with pytest.raises(PromotionError, match="names source sha256:111111111111 but main's source is"):
+        promotion._retrain(cfg, flow, None)
+
+    overlay = project_copy / "deploy/overlays/production"
+    write_release(overlay, replace(read_release(overlay), source_digest=source.source_digest(project_copy)))
+    with pytest.raises(PromotionError, match="release.yaml has uncommitted changes"):
+        promotion._retrain(cfg, flow, None)
+    git(project_copy, "commit", "-qam", "the real source digest")
+    with pytest.raises(PromotionError, match="names pipeline sha256:020202020202 but main compiles to"):
+        promotion._retrain(cfg, flow, None)
 
 
 def test_combined_pipeline_version_is_stable_and_order_free():
@@ -108,9 +182,13 @@ def test_promotion_body_compares_candidate_and_champion(project_copy):
     cfg = config.load()
     tags = {"metric.accuracy": "0.97", "metric.roc_auc": "0.99", "git_commit": "abc", "smoke.p95_ms": "3.2"}
     candidate = ModelVersion("m", "2", "file:///x", DIGEST, tags=tags)
-    champion = ModelVersion("m", "1", "file:///y", DIGEST, tags={"metric.accuracy": "0.95", "metric.roc_auc": "0.99"})
+    champion = replace(
+        read_release(cfg.root / "deploy/overlays/production"),
+        model=ModelRef("m", "1", DIGEST, "s3://b/models/sha256-" + "ab" * 32, "staging:m/1"),
+        metrics={"accuracy": 0.95, "roc_auc": 0.99},
+    )
     gates = evaluate_gates(GATES, candidate.metrics, champion.metrics, 3.2)
-    body = promotion.promotion_body(cfg, candidate, champion, gates, {"deploy/overlays/production/model.yaml": ""})
+    body = promotion.promotion_body(cfg, candidate, champion, gates, {"deploy/overlays/production/release.yaml": ""})
     assert "| accuracy | 0.9700 | 0.9500 | +0.0200 |" in body
     assert "| accuracy vs champion |" in body and "| git_commit | `abc` |" in body
     assert "make rollback" in body and "p95 3.2 ms" in body

@@ -23,6 +23,7 @@ from mlrail.registry import (
     ALIAS_CHAMPION,
     TAG_DIGEST,
     TAG_GIT_COMMIT,
+    TAG_SIGNATURE_OUTPUTS,
     TAG_SOURCE_VERSION,
     TAG_STORAGE_URI,
     Registry,
@@ -141,11 +142,70 @@ def model_name(envs):
     return f"churn-{uuid.uuid4().hex[:8]}"
 
 
-def _stored(env, tmp_path: Path, content: bytes):
+# The MLmodel of an MLflow model with a signature and an input example, as MLflow writes it.
+MLMODEL = """\
+flavors:
+  python_function:
+    loader_module: mlflow.sklearn
+    model_path: model.pkl
+saved_input_example_info:
+  artifact_path: input_example.json
+  pandas_orient: split
+  type: dataframe
+signature:
+  inputs: '[{"type": "double", "name": "tenure", "required": true}, {"type": "long", "name": "plan", "required": true}]'
+  outputs: '[{"type": "tensor", "tensor-spec": {"dtype": "int64", "shape": [-1]}}]'
+"""
+
+
+def _stored(env, tmp_path: Path, content: bytes, mlmodel: str | None = MLMODEL):
     folder = tmp_path / f"model-{uuid.uuid4().hex[:6]}"
     folder.mkdir()
-    (folder / "model.joblib").write_bytes(content)
+    (folder / "model.pkl").write_bytes(content)
+    (folder / "input_example.json").write_text('{"columns": ["tenure", "plan"], "data": [[1.5, 2]]}')
+    if mlmodel is not None:
+        (folder / "MLmodel").write_text(mlmodel)
     return ArtifactStore(env).put(folder)
+
+
+def test_a_version_records_the_models_signature(envs, model_name, tmp_path):
+    staging, _ = envs
+    version = Registry(staging, model_name).register(_stored(staging, tmp_path, b"model-s"), {})
+    assert version.inputs == "tenure: double, plan: long"
+    assert version.signature.input_names() == ["tenure", "plan"]
+    assert '"int64"' in version.tags[TAG_SIGNATURE_OUTPUTS] and version.to_dict()["inputs"] == version.inputs
+    assert Registry(staging, model_name).versions()[0].inputs == version.inputs
+
+
+def test_a_directory_that_is_not_an_mlflow_model_with_a_signature_is_refused(envs, model_name, tmp_path):
+    staging, _ = envs
+    registry = Registry(staging, model_name)
+    with pytest.raises(RegistryError, match="refusing to register .* holds no MLmodel: the model must be an MLflow"):
+        registry.register(_stored(staging, tmp_path, b"plain", mlmodel=None), {})
+    unsigned = MLMODEL.split("signature:")[0]
+    with pytest.raises(RegistryError, match=r"has no signature \(inputs\); save it with mlflow.<flavor>.save_model"):
+        registry.register(_stored(staging, tmp_path, b"unsigned", mlmodel=unsigned), {})
+    no_example = MLMODEL.replace("saved_input_example_info:", "other_info:")
+    with pytest.raises(RegistryError, match="has no input example"):
+        registry.register(_stored(staging, tmp_path, b"no-example", mlmodel=no_example), {})
+    assert registry.versions() == []
+
+
+def test_a_locked_sqlite_registry_is_one_clear_error(project_copy, blank_registry, monkeypatch):
+    import sqlite3
+
+    env = config.load().env("staging")
+    env.local_dir.mkdir(parents=True)
+    shutil.copyfile(blank_registry, env.local_dir / "registry.db")
+    registry = Registry(env, "churn-classifier")
+    holder = sqlite3.connect(env.local_dir / "registry.db", timeout=0)
+    holder.execute("BEGIN EXCLUSIVE")  # another process in the middle of a write
+    try:
+        with pytest.raises(RegistryError, match=r"staging registry sqlite:///.* cannot be used .*database is locked"):
+            registry.versions()
+    finally:
+        holder.rollback()
+        holder.close()
 
 
 def test_register_records_lineage_and_points_at_the_stored_model(envs, model_name, tmp_path):

@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import re
 import shutil
-from pathlib import Path
 
 import pytest
 import yaml
 
+from example import ROOT
 from mlrail import cli, workflows
 
-from example import ROOT
 # The only commits the workflows may pin (tag -> commit read from each action's repository).
 PINS = {
     "actions/checkout": ("3d3c42e5aac5ba805825da76410c181273ba90b1", "v7.0.1"),
@@ -97,7 +96,7 @@ def test_pull_requests_that_must_trigger_ci_use_the_app_token():
 
 def test_every_make_target_and_cli_command_a_workflow_calls_exists():
     targets = workflows.makefile_targets(ROOT / "Makefile")
-    commands = set(cli.build_parser()._subparsers._group_actions[0].choices)
+    commands = set(cli.command_names())
     missing = []
     for workflow in WORKFLOWS:
         for target in workflow.make_targets():
@@ -160,3 +159,12 @@ def test_a_workflow_that_does_not_parse_is_a_finding_not_a_skip(tmp_path):
     (tmp_path / ".github" / "workflows" / "broken.yml").write_text("on: push\njobs:\n  a: [\n")
     results = workflows.lint(tmp_path)
     assert all(r.findings for r in results), {r.linter: r.findings for r in results}
+
+
+def test_app_tokens_name_the_app_by_client_id():
+    """create-github-app-token v3.1 deprecates `app-id`; the App's Client ID is a variable, its key a secret."""
+    for workflow in WORKFLOWS:
+        for job_id, step in workflow.steps():
+            if step.get("uses", "").startswith("actions/create-github-app-token@"):
+                assert set(step["with"]) >= {"client-id", "private-key"} and "app-id" not in step["with"], job_id
+                assert step["with"]["client-id"].strip() == "$" + "{" * 2 + " vars.APP_CLIENT_ID " + "}" * 2

@@ -9,11 +9,12 @@ Writes are atomic: a model is assembled in a hidden temp folder beside its final
 renamed into it, so a crash at any point leaves no partial model visible and a rerun converges.
 
 Backends are chosen by the scheme of `env.artifact_root`: a local folder standing for the
-environment's bucket (`file:///...`) and S3 or any S3-compatible store (`s3://bucket[/prefix]`,
-the cluster backend). On S3 a rename does not exist, so a model counts as present only once its
-completion marker `models/sha256-<hex>/.complete` (written last, holding the digest) exists: an
-interrupted upload stays invisible and a rerun uploads again and converges. Another scheme
-(gs://) plugs in by implementing `StoreBackend` and adding a factory to `BACKENDS`.
+environment's bucket (`file:///...`), S3 or any S3-compatible store (`s3://bucket[/prefix]`) and
+Google Cloud Storage (`gs://bucket[/prefix]`, the `gcp` extra) on the cluster backend. An object
+store has no rename, so a model counts as present only once its completion marker
+`models/sha256-<hex>/.complete` (written last, holding the digest) exists: an interrupted upload
+stays invisible and a rerun uploads again and converges. Every object-store call has connect and
+read timeouts and bounded retries from `timeouts:` in config.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import shutil
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -42,10 +43,6 @@ _HEX = re.compile(r"^[0-9a-f]{64}$")
 _OBJECT = re.compile(r"^sha256-[0-9a-f]{64}$")
 COMPLETE_MARKER = ".complete"  # the S3 object written last: a model without it does not exist
 CACHE_DIR = "artifact-cache"  # under env.local_dir: verified local copies of object-store models
-# botocore settings: fail fast on a dead endpoint, ride out throttling and transient 5xx.
-S3_CONNECT_TIMEOUT = 10
-S3_READ_TIMEOUT = 120
-S3_MAX_ATTEMPTS = 5
 
 
 class ArtifactError(MlopsError):
@@ -224,119 +221,134 @@ def _scheme(root: str) -> str:
     return scheme if scheme and len(scheme) > 1 else "file"  # a bare path (or a Windows drive) is local
 
 
-class S3Backend:
-    """An S3 (or S3-compatible) bucket: `s3://<bucket>[/<prefix>]`, objects `models/sha256-<hex>/<path>`.
+class ObjectBackend:
+    """A bucket of an object store (`<scheme>://<bucket>[/<prefix>]`), objects `models/sha256-<hex>/<path>`.
 
-    The endpoint, credentials and region come from the standard AWS variables and files
-    (`AWS_ENDPOINT_URL_S3` / `AWS_ENDPOINT_URL` for MinIO, Ceph or a test server), as boto3 reads them.
+    An object store has no rename, so a model counts as present only once its completion marker
+    (written last, holding the digest) exists. Subclasses provide the few primitive calls of
+    their store; every semantic (addressing, markers, digests, verification, caching) is here,
+    so s3:// and gs:// behave alike.
     """
 
-    def __init__(self, env_name: str, root: str, cache_dir: Path) -> None:
+    scheme = ""
+
+    def __init__(self, env_name: str, root: str, cache_dir: Path, timeouts: Any) -> None:
         self.env_name = env_name
         parsed = urlparse(root)
         self.bucket = parsed.netloc
-        if not self.bucket or parsed.query or parsed.fragment:
-            raise ArtifactError(f"the {env_name} artifact root {root!r} is not of the form s3://<bucket>[/<prefix>]")
+        if parsed.scheme != self.scheme or not self.bucket or parsed.query or parsed.fragment:
+            raise ArtifactError(
+                f"the {env_name} artifact root {root!r} is not of the form {self.scheme}://<bucket>[/<prefix>]"
+            )
         prefix = parsed.path.strip("/")
         self.prefix = f"{prefix}/{MODELS_DIR}/" if prefix else f"{MODELS_DIR}/"
-        self.root_uri = f"s3://{self.bucket}/{prefix}".rstrip("/")
+        self.root_uri = f"{self.scheme}://{self.bucket}/{prefix}".rstrip("/")
         self.cache = Path(cache_dir)
+        self.timeouts = timeouts
         self._client: Any = None
 
-    @property
-    def client(self) -> Any:
-        if self._client is None:
-            import boto3  # only the s3 paths need boto3
-            from botocore.config import Config as BotoConfig
+    # --- what a store provides -------------------------------------------------------------
 
-            config = BotoConfig(
-                connect_timeout=S3_CONNECT_TIMEOUT,
-                read_timeout=S3_READ_TIMEOUT,
-                retries={"max_attempts": S3_MAX_ATTEMPTS, "mode": "standard"},
-            )
-            with self._errors("connecting"):
-                self._client = boto3.session.Session().client("s3", config=config)
-        return self._client
+    def _errors(self, action: str) -> AbstractContextManager[None]:
+        raise NotImplementedError
 
-    @contextmanager
-    def _errors(self, action: str) -> Iterator[None]:
-        from botocore.exceptions import BotoCoreError, ClientError
+    def _list(self, bucket: str, prefix: str) -> Iterator[str]:
+        """Every key under `prefix` in `bucket`."""
+        raise NotImplementedError
 
-        try:
-            yield
-        except ClientError as exc:
-            error = exc.response.get("Error", {})
-            raise ArtifactError(
-                f"{self.env_name} artifact store (bucket {self.bucket}): {action} failed: "
-                f"{error.get('Code', '?')} {error.get('Message', '')}".rstrip()
-            ) from None
-        except BotoCoreError as exc:
-            raise ArtifactError(
-                f"{self.env_name} artifact store (bucket {self.bucket}): {action} failed: {exc}"
-            ) from None
+    def _read_small(self, key: str) -> bytes | None:
+        """A small object's bytes, None when it does not exist."""
+        raise NotImplementedError
+
+    def _stream(self, bucket: str, key: str) -> Iterator[bytes]:
+        raise NotImplementedError
+
+    def _download(self, key: str, target: Path) -> None:
+        raise NotImplementedError
+
+    def _upload(self, source: Path, key: str) -> None:
+        raise NotImplementedError
+
+    def _put_bytes(self, key: str, data: bytes) -> None:
+        raise NotImplementedError
+
+    def _copy(self, source_bucket: str, source_key: str, key: str) -> None:
+        """Server-side copy into this bucket: no bytes pass through this machine."""
+        raise NotImplementedError
+
+    # --- addressing -------------------------------------------------------------------------
 
     def _key(self, digest: str, relative: str = "") -> str:
         return f"{self.prefix}{object_name(digest)}/{relative}"
 
+    def _where(self, bucket: str, key: str) -> str:
+        return f"{self.scheme}://{bucket}/{key}"
+
     def uri_for(self, digest: str) -> str:
-        return f"s3://{self.bucket}/{self._key(digest)}".rstrip("/")
+        return self._where(self.bucket, self._key(digest)).rstrip("/")
 
-    def has(self, digest: str) -> bool:
-        from botocore.exceptions import ClientError
-
-        key = self._key(digest, COMPLETE_MARKER)
-        with self._errors(f"reading {key}"):
-            try:
-                body = self.client.get_object(Bucket=self.bucket, Key=key)["Body"].read()
-            except ClientError as exc:
-                if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
-                    return False
-                raise
-        return body.decode(errors="replace").strip() == digest
+    def split(self, uri: str) -> tuple[str, str]:
+        """(bucket, key) of a URI of this store's scheme."""
+        parsed = urlparse(uri)
+        if parsed.scheme != self.scheme or not parsed.netloc or parsed.query or parsed.fragment:
+            raise ArtifactError(
+                f"{uri!r} is not a {self.scheme}:// URI of the form {self.scheme}://<bucket>/<key> "
+                f"(the {self.env_name} store is {self.root_uri})"
+            )
+        return parsed.netloc, parsed.path.lstrip("/")
 
     def object_of(self, uri: str) -> str:
         parsed = urlparse(uri)
         key = parsed.path.lstrip("/")
         name = key[len(self.prefix) :]
         if (
-            parsed.scheme != "s3"
+            parsed.scheme != self.scheme
             or parsed.netloc != self.bucket
             or not key.startswith(self.prefix)
             or not _OBJECT.match(name)
         ):
             raise ArtifactError(
-                f"model URI {uri} is not in the {self.env_name} store; expected s3://{self.bucket}/{self.prefix}sha256-<hex>"
+                f"model URI {uri} is not in the {self.env_name} store; expected "
+                f"{self.scheme}://{self.bucket}/{self.prefix}sha256-<hex>"
             )
         return name
 
-    def _files(self, digest: str) -> list[tuple[str, str]]:
-        """(key, relative path) of every object of a model, the marker excluded."""
-        base = self._key(digest)
+    # --- models -----------------------------------------------------------------------------
+
+    def has(self, digest: str) -> bool:
+        key = self._key(digest, COMPLETE_MARKER)
+        with self._errors(f"reading {key}"):
+            body = self._read_small(key)
+        return body is not None and body.decode(errors="replace").strip() == digest
+
+    def _tree(self, bucket: str, base: str) -> list[tuple[str, str]]:
+        """(key, relative path) of every object under `base` (a prefix ending in /), the marker excluded."""
         files = []
-        with self._errors(f"listing {base}"):
-            for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=base):
-                for item in page.get("Contents", []):
-                    relative = item["Key"][len(base) :]
-                    if relative and relative != COMPLETE_MARKER:
-                        files.append((item["Key"], relative))
-        return files
+        with self._errors(f"listing {self._where(bucket, base)}"):
+            for key in self._list(bucket, base):
+                relative = key[len(base) :]
+                if relative and not relative.endswith("/") and relative != COMPLETE_MARKER:
+                    files.append((key, relative))
+        return sorted(files, key=lambda item: item[1])
+
+    def _files(self, digest: str) -> list[tuple[str, str]]:
+        return self._tree(self.bucket, self._key(digest))
+
+    def _object_sha256(self, bucket: str, key: str) -> bytes:
+        inner = hashlib.sha256()
+        with self._errors(f"reading {self._where(bucket, key)}"):
+            for block in self._stream(bucket, key):
+                inner.update(block)
+        return inner.digest()
+
+    def _tree_digest(self, bucket: str, files: list[tuple[str, str]]) -> str:
+        """The directory digest of stored objects, hashed as they stream by; nothing is written to disk."""
+        if not files:
+            return "(no objects)"
+        return _digest_pairs(iter([(relative, self._object_sha256(bucket, key)) for key, relative in files]))
 
     def stored_digest(self, digest: str) -> str:
-        """Hash the stored objects as they stream by; nothing is written to disk."""
-
-        def pairs() -> Iterator[tuple[str, bytes]]:
-            for key, relative in self._files(digest):
-                inner = hashlib.sha256()
-                with self._errors(f"reading {key}"):
-                    body = self.client.get_object(Bucket=self.bucket, Key=key)["Body"]
-                    for block in iter(lambda b=body: b.read(1 << 20), b""):
-                        inner.update(block)
-                yield relative, inner.digest()
-
-        pairs_list = list(pairs())
-        if not pairs_list:
-            return "(no objects)"
-        return _digest_pairs(iter(pairs_list))
+        return self._tree_digest(self.bucket, self._files(digest))
 
     def local_path(self, uri: str) -> Path:
         """Download a complete model into the cache (once) and return the verified local folder."""
@@ -354,7 +366,7 @@ class S3Backend:
                 target = temp / relative
                 target.parent.mkdir(parents=True, exist_ok=True)
                 with self._errors(f"downloading {key}"):
-                    self.client.download_file(self.bucket, key, str(target))
+                    self._download(key, target)
             actual = directory_digest(temp) if temp.is_dir() else "(no objects)"
             if actual != digest:
                 raise ArtifactError(
@@ -383,39 +395,254 @@ class S3Backend:
         for file in sorted(p for p in source_dir.rglob("*") if p.is_file()):
             key = self._key(digest, file.relative_to(source_dir).as_posix())
             with self._errors(f"uploading {key}"):
-                self.client.upload_file(str(file), self.bucket, key)
+                self._upload(file, key)
         self._mark_complete(digest)
         return self.uri_for(digest)
 
-    def copy_objects(self, source: S3Backend, digest: str) -> str:
-        """Server-side copy of a complete model from another bucket, marker last."""
-        for key, relative in source._files(digest):
+    def remote_model(self, uri: str) -> tuple[str, list[tuple[str, str]], str]:
+        """(bucket, objects, digest) of a model directory stored elsewhere in this store's scheme,
+        e.g. a pipeline's output under the pipeline root; the digest comes from the objects."""
+        bucket, key = self.split(uri)
+        base = key.rstrip("/") + "/"
+        files = self._tree(bucket, base)
+        if not files:
+            raise ArtifactError(
+                f"{self.env_name}: model {uri} holds no objects; a model is a directory of objects under that prefix"
+            )
+        if any(relative == COMPLETE_MARKER for _, relative in files):
+            raise ArtifactError(f"model {uri} holds an object named {COMPLETE_MARKER}, which the store reserves")
+        return bucket, files, self._tree_digest(bucket, files)
+
+    def copy_remote(self, bucket: str, files: list[tuple[str, str]], digest: str) -> str:
+        """Server-side copy of a model's objects under its digest, marker last."""
+        for key, relative in files:
             target = self._key(digest, relative)
-            with self._errors(f"copying s3://{source.bucket}/{key} to {target}"):
-                self.client.copy({"Bucket": source.bucket, "Key": key}, self.bucket, target)
+            with self._errors(f"copying {self._where(bucket, key)} to {target}"):
+                self._copy(bucket, key, target)
         self._mark_complete(digest)
         return self.uri_for(digest)
+
+    def copy_objects(self, source: ObjectBackend, digest: str) -> str:
+        """Server-side copy of a complete model from another environment's bucket, marker last."""
+        return self.copy_remote(source.bucket, source._files(digest), digest)
 
     def _mark_complete(self, digest: str) -> None:
         key = self._key(digest, COMPLETE_MARKER)
         with self._errors(f"writing {key}"):
-            self.client.put_object(Bucket=self.bucket, Key=key, Body=digest.encode())
+            self._put_bytes(key, digest.encode())
 
     def digests(self) -> list[str]:
         found = []
         with self._errors(f"listing {self.prefix}"):
-            for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=self.prefix):
-                for item in page.get("Contents", []):
-                    name, _, rest = item["Key"][len(self.prefix) :].partition("/")
-                    if rest == COMPLETE_MARKER and _OBJECT.match(name):
-                        found.append(DIGEST_PREFIX + name[len("sha256-") :])
+            for key in self._list(self.bucket, self.prefix):
+                name, _, rest = key[len(self.prefix) :].partition("/")
+                if rest == COMPLETE_MARKER and _OBJECT.match(name):
+                    found.append(DIGEST_PREFIX + name[len("sha256-") :])
         return sorted(d for d in found if self.has(d))
+
+    def blocks(self, uri: str) -> Iterator[bytes]:
+        """The content of one object (a pipeline artifact such as a dataset or a metrics file)."""
+        bucket, key = self.split(uri)
+        with self._errors(f"reading {uri}"):
+            yield from self._stream(bucket, key)
+
+
+def _bounded(timeouts: Any, attempts: int) -> tuple[float, float]:
+    """Per-attempt (connect, read) seconds so that every attempt together stays within the deadline."""
+    share = timeouts.deadline_s / attempts
+    return min(timeouts.connect_s, share), min(timeouts.read_s, share)
+
+
+class S3Backend(ObjectBackend):
+    """S3 or any S3-compatible store: `s3://<bucket>[/<prefix>]`.
+
+    The endpoint, credentials and region come from the standard AWS variables and files
+    (`AWS_ENDPOINT_URL_S3` / `AWS_ENDPOINT_URL` for MinIO, Ceph or a test server), as boto3 reads them.
+    """
+
+    scheme = "s3"
+    ATTEMPTS = 3  # botocore "standard" retries: throttling, 5xx and dropped connections
+
+    @property
+    def client(self) -> Any:
+        if self._client is None:
+            import boto3  # only the s3 paths need boto3
+            from botocore.config import Config as BotoConfig
+
+            connect, read = _bounded(self.timeouts, self.ATTEMPTS)
+            config = BotoConfig(
+                connect_timeout=connect,
+                read_timeout=read,
+                retries={"max_attempts": self.ATTEMPTS, "mode": "standard"},
+            )
+            with self._errors("connecting"):
+                self._client = boto3.session.Session().client("s3", config=config)
+        return self._client
+
+    @contextmanager
+    def _errors(self, action: str) -> Iterator[None]:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            yield
+        except ClientError as exc:
+            error = exc.response.get("Error", {})
+            raise ArtifactError(
+                f"{self.env_name} artifact store (bucket {self.bucket}): {action} failed: "
+                f"{error.get('Code', '?')} {error.get('Message', '')}".rstrip()
+            ) from None
+        except BotoCoreError as exc:
+            raise ArtifactError(
+                f"{self.env_name} artifact store (bucket {self.bucket}): {action} failed: {exc}; "
+                "raise timeouts.connect_s / read_s / deadline_s in config/environments.yaml if the store is only slow"
+            ) from None
+
+    def _list(self, bucket: str, prefix: str) -> Iterator[str]:
+        for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+            for item in page.get("Contents", []):
+                yield item["Key"]
+
+    def _read_small(self, key: str) -> bytes | None:
+        from botocore.exceptions import ClientError
+
+        try:
+            return self.client.get_object(Bucket=self.bucket, Key=key)["Body"].read()
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
+                return None
+            raise
+
+    def _stream(self, bucket: str, key: str) -> Iterator[bytes]:
+        body = self.client.get_object(Bucket=bucket, Key=key)["Body"]
+        yield from iter(lambda: body.read(1 << 20), b"")
+
+    def _download(self, key: str, target: Path) -> None:
+        self.client.download_file(self.bucket, key, str(target))
+
+    def _upload(self, source: Path, key: str) -> None:
+        self.client.upload_file(str(source), self.bucket, key)
+
+    def _put_bytes(self, key: str, data: bytes) -> None:
+        self.client.put_object(Bucket=self.bucket, Key=key, Body=data)
+
+    def _copy(self, source_bucket: str, source_key: str, key: str) -> None:
+        self.client.copy({"Bucket": source_bucket, "Key": source_key}, self.bucket, key)
+
+
+class GCSBackend(ObjectBackend):
+    """A Google Cloud Storage bucket: `gs://<bucket>[/<prefix>]`, through google-cloud-storage.
+
+    Credentials are Application Default Credentials (in CI: google-github-actions/auth);
+    `STORAGE_EMULATOR_HOST` points the client at an emulator, as the library documents.
+    """
+
+    scheme = "gs"
+    ATTEMPTS = 3
+
+    @property
+    def client(self) -> Any:
+        if self._client is None:
+            storage = _gcs()
+            with self._errors("connecting"):
+                self._client = storage.Client()
+        return self._client
+
+    def _call_options(self) -> dict[str, Any]:
+        from google.cloud.storage.retry import DEFAULT_RETRY
+
+        # Every request: (connect, read) timeouts; retries of transient errors end at the deadline.
+        return {
+            "timeout": _bounded(self.timeouts, self.ATTEMPTS),
+            "retry": DEFAULT_RETRY.with_timeout(self.timeouts.deadline_s),
+        }
+
+    @contextmanager
+    def _errors(self, action: str) -> Iterator[None]:
+        from google.api_core import exceptions as api
+        from google.auth import exceptions as auth
+        from requests import exceptions as http
+
+        try:
+            yield
+        except api.GoogleAPICallError as exc:
+            raise ArtifactError(
+                f"{self.env_name} artifact store (bucket {self.bucket}): {action} failed: {exc.code} {exc.message}"
+            ) from None
+        except (api.RetryError, auth.GoogleAuthError, http.RequestException) as exc:
+            reason = str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__
+            raise ArtifactError(
+                f"{self.env_name} artifact store (bucket {self.bucket}): {action} failed: {reason}; "
+                "raise timeouts.connect_s / read_s / deadline_s in config/environments.yaml if the store is only slow"
+            ) from None
+
+    def _blob(self, bucket: str, key: str) -> Any:
+        return self.client.bucket(bucket).blob(key)
+
+    def _list(self, bucket: str, prefix: str) -> Iterator[str]:
+        for blob in self.client.list_blobs(bucket, prefix=prefix, **self._call_options()):
+            yield blob.name
+
+    def _read_small(self, key: str) -> bytes | None:
+        from google.api_core.exceptions import NotFound
+
+        try:
+            return self._blob(self.bucket, key).download_as_bytes(**self._call_options())
+        except NotFound:
+            return None
+
+    def _stream(self, bucket: str, key: str) -> Iterator[bytes]:
+        # One ranged GET per chunk keeps memory flat for large objects.
+        with self._blob(bucket, key).open("rb", chunk_size=1 << 20, **self._call_options()) as reader:
+            yield from iter(lambda: reader.read(1 << 20), b"")
+
+    def _download(self, key: str, target: Path) -> None:
+        self._blob(self.bucket, key).download_to_filename(str(target), **self._call_options())
+
+    def _upload(self, source: Path, key: str) -> None:
+        # Content-addressed keys make a retried upload harmless, so retries need no precondition.
+        self._blob(self.bucket, key).upload_from_filename(str(source), **self._call_options())
+
+    def _put_bytes(self, key: str, data: bytes) -> None:
+        self._blob(self.bucket, key).upload_from_string(data, **self._call_options())
+
+    def _copy(self, source_bucket: str, source_key: str, key: str) -> None:
+        source = self.client.bucket(source_bucket)
+        source.copy_blob(source.blob(source_key), self.client.bucket(self.bucket), key, **self._call_options())
+
+
+def _gcs() -> Any:
+    try:
+        from google.cloud import storage
+    except ImportError:
+        raise ArtifactError(
+            "a gs:// artifact root needs google-cloud-storage: install the engine with its gcp extra "
+            "(pip install 'mlrail[gcp]')"
+        ) from None
+    return storage
+
+
+def _timeouts(env: Environment) -> Any:
+    from .config import Timeouts
+
+    return getattr(env, "timeouts", None) or Timeouts()
 
 
 BACKENDS: dict[str, Callable[[Environment], StoreBackend]] = {
     "file": lambda env: LocalBackend(env.name, env.artifact_root),
-    "s3": lambda env: S3Backend(env.name, env.artifact_root, env.local_dir / CACHE_DIR),
+    "s3": lambda env: S3Backend(env.name, env.artifact_root, env.local_dir / CACHE_DIR, _timeouts(env)),
+    "gs": lambda env: GCSBackend(env.name, env.artifact_root, env.local_dir / CACHE_DIR, _timeouts(env)),
 }
+
+
+def remote_scheme(uri: Path | str) -> str | None:
+    """The object-store scheme (s3, gs) of a URI, None for a local path or file:// URI."""
+    if not isinstance(uri, str):
+        return None
+    scheme = _scheme(uri)
+    return scheme if scheme in OBJECT_SCHEMES else None
+
+
+OBJECT_SCHEMES = ("s3", "gs")
 
 
 class ArtifactStore:
@@ -449,15 +676,48 @@ class ArtifactStore:
     def digests(self) -> list[str]:
         return self.backend.digests()
 
-    def put(self, model_dir: Path) -> StoredModel:
-        """Store a model directory under its digest; the same content always gives the same URI."""
-        model_dir = Path(model_dir)
+    def put(self, model: Path | str) -> StoredModel:
+        """Store a model directory under its digest; the same content always gives the same URI.
+
+        `model` is a local directory, or the URI of a directory in this store's object store
+        (`s3://…`, `gs://…`: a pipeline run's output under the pipeline root), which is copied
+        server-side, its digest computed from the objects.
+        """
+        scheme = remote_scheme(model)
+        if scheme is not None:
+            return self._put_remote(str(model), scheme)
+        model_dir = Path(model)
         digest = directory_digest(model_dir)
         uri = self.uri_for(digest)
         if not self.has(digest):
             uri = self.backend.publish(model_dir, digest)
         self.verify(uri, digest)
         return StoredModel(uri=uri, digest=digest)
+
+    def _put_remote(self, uri: str, scheme: str) -> StoredModel:
+        backend = self.backend
+        if not isinstance(backend, ObjectBackend) or backend.scheme != scheme:
+            raise ArtifactError(
+                f"{self.env.name}: model {uri} is in {scheme}:// but the {self.env.name} store is "
+                f"{self.root_uri}; a pipeline's model must be in the store of the environment that ran it"
+            )
+        bucket, files, digest = backend.remote_model(uri)
+        if not self.has(digest):
+            backend.copy_remote(bucket, files, digest)
+        stored = self.uri_for(digest)
+        self.verify(stored, digest)
+        return StoredModel(uri=stored, digest=digest)
+
+    def blocks(self, uri: str) -> Iterator[bytes]:
+        """The content of one artifact object of this environment (a local path or an object URI)."""
+        if isinstance(self.backend, ObjectBackend):
+            yield from self.backend.blocks(uri)
+            return
+        path = file_uri_path(uri) if _scheme(uri) == "file" else None
+        if path is None or not path.is_file():
+            raise ArtifactError(f"{self.env.name}: artifact {uri} is not a file of this machine")
+        with open(path, "rb") as handle:
+            yield from iter(lambda: handle.read(1 << 20), b"")
 
     def verify(self, uri: str, digest: str) -> None:
         """Raise ArtifactError unless `uri` is in this store and its content has `digest`."""
@@ -479,7 +739,8 @@ class ArtifactStore:
         """Copy a verified model from another environment's store into this one, then verify it here."""
         source.verify(uri, digest)
         if not self.has(digest):
-            if isinstance(self.backend, S3Backend) and isinstance(source.backend, S3Backend):
+            same_store = isinstance(self.backend, ObjectBackend) and type(source.backend) is type(self.backend)
+            if same_store:
                 self.backend.copy_objects(source.backend, digest)  # server-side: no bytes pass through here
             else:
                 self.backend.publish(source.local_path(uri), digest)

@@ -10,7 +10,10 @@ one comment.
   affected overlays read are written, with `git archive`, into a temporary folder that is always
   removed: the user's working tree, index and worktree list are never touched, and the cost
   follows the affected overlays, not the size of deploy/. src/ and pyproject.toml are extracted
-  and compiled (in a subprocess per commit, alongside the renders) only when they changed.
+  and compiled (in a subprocess per commit, alongside the renders) only when they or the Dockerfile
+  changed, each commit against its own project image `<image>@<source digest>` (mlrail.source): a
+  change to any file the image holds (features.py, say) changes every component's image, so the
+  diff shows that the code released with the pipelines changed.
 - Resources are compared by kind/namespace/name after normalising (sorted keys, one YAML style).
 """
 
@@ -43,9 +46,11 @@ GITHUB_COMMENT_LIMIT = 65_536
 # The pull-request workflow adds a marker and a title around the markdown: keep room for them.
 DEFAULT_MAX_CHARS = 65_000
 ENV_ORDER = ("production", "staging", "sandbox")
-PIPELINE_INPUTS = ("src/", "pyproject.toml")  # a change under these may change a compiled pipeline
+# A change under these changes a compiled pipeline (the code, or the image it runs in).
+PIPELINE_INPUTS = ("src/", "pyproject.toml", "Dockerfile")
 PIPELINE_FILES = ("src", "pyproject.toml")
 SIDES = ("base", "head")
+DEFAULT_IMAGE = "project-image"  # the image name when config names none
 _Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 # Kustomizations are only read for their references: every scalar as a string is enough, and faster.
 _RefLoader = getattr(yaml, "CBaseLoader", yaml.BaseLoader)
@@ -615,11 +620,18 @@ def headline_facts(docs: list[dict]) -> dict[tuple[int, str], str]:
         kind, _, name = resource_key(doc)
         where = f"{kind}/{name}"
         spec = doc.get("spec") if isinstance(doc.get("spec"), dict) else {}
-        if kind == "ConfigMap" and (name == "model" or name.startswith("model-")):
+        if kind == "ConfigMap" and (name == "release" or name.startswith("release-")):
             data = doc.get("data") or {}
-            for rank, key in ((_VERSION, "version"), (_DIGEST_RANK, "digest"), (_NAME, "name")):
+            for rank, key, label in (
+                (_VERSION, "modelVersion", "version"),
+                (_DIGEST_RANK, "modelDigest", "digest"),
+                (_NAME, "modelName", "name"),
+            ):
                 if key in data:
-                    facts[(rank, f"model {key}")] = str(data[key])
+                    facts[(rank, f"model {label}")] = str(data[key])
+            for key, label in (("pipeline", "pipeline"), ("parameters", "parameters"), ("commit", "commit")):
+                if key in data:
+                    facts[(_NAME, f"release {label}")] = str(data[key])
         elif kind == "InferenceService":
             for part in _ISVC_PARTS:
                 section = spec.get(part)
@@ -685,7 +697,7 @@ def headline(base: dict[tuple[int, str], str], head: dict[tuple[int, str], str])
             images[(old, new)] = images.get((old, new), 0) + 1
             continue
         if rank <= _NAME:
-            label = label.replace("model ", "model **", 1) + "**"
+            label = re.sub(r"^(model|release) (.+)$", r"\1 **\2**", label)
         old, new = _elide_common(old, new)
         lines.append(f"{label} `{_short(old)}` → `{_short(new)}`")
     image_lines = []
@@ -742,11 +754,13 @@ def diff_overlay(name: str, base: Rendered, head: Rendered, because: list[str]) 
 _COMPILE = """
 import importlib, json, sys
 from pathlib import Path
+import os
 targets, results = json.loads(sys.argv[1]), {}
 packages = {target.partition(":")[0].split(".")[0] for target in targets.values()}
 from kfp import compiler
-for side, src, out in zip(*[iter(sys.argv[2:])] * 3):
+for side, src, out, image in zip(*[iter(sys.argv[2:])] * 4):
     src, out = Path(src).resolve(), Path(out)
+    os.environ["PROJECT_IMAGE"] = image  # components read it at import
     for name in [m for m in sys.modules if m.split(".")[0] in packages]:
         del sys.modules[name]
     sys.path.insert(0, str(src))
@@ -772,13 +786,13 @@ print(json.dumps(results))
 """
 
 
-def _start_compile(trees: dict[str, Tree], targets: dict[str, str]) -> subprocess.Popen:
+def _start_compile(trees: dict[str, Tree], targets: dict[str, str], images: dict[str, str]) -> subprocess.Popen:
     """Compile every pipeline of both commits with this venv's python, in the background."""
     args = []
     for side, tree in trees.items():
         out = tree.root / ".compiled"
         out.mkdir(exist_ok=True)
-        args += [side, str(tree.root / "src"), str(out)]
+        args += [side, str(tree.root / "src"), str(out), images[side]]
     return subprocess.Popen(
         [sys.executable, "-c", _COMPILE, json.dumps(targets), *args],
         cwd=next(iter(trees.values())).root.parent,
@@ -997,7 +1011,8 @@ class DiffReport:
     overlays: list[OverlayDiff]
     unaffected: list[str]
     everything: str | None = None
-    pipelines: list[PipelineDiff] | None = None  # None: no file under src/ or pyproject.toml changed
+    pipelines: list[PipelineDiff] | None = None  # None: no file under src/, pyproject.toml or Dockerfile changed
+    images: dict[str, str] | None = None  # side -> the project image its pipelines were compiled against
 
     @property
     def failed(self) -> bool:
@@ -1012,8 +1027,12 @@ def diff_refs(
     head_ref: str = "HEAD",
     workers: int | None = None,
     pipelines: dict[str, str] | None = None,
+    image: str | None = None,
 ) -> DiffReport:
-    """Render what changes between two commits of the project at `repo`."""
+    """Render what changes between two commits of the project at `repo`.
+
+    `pipelines` are config's `pipelines:` targets; `image` the project image name (config `image:`),
+    pinned per commit by its source digest."""
     repo = Path(repo).resolve()
     # Paths are the project's (it may live in a folder of a bigger repository); git reads trees from the top.
     top, prefix = _git(repo, "rev-parse", "--show-toplevel", "--show-prefix").splitlines()[:2]
@@ -1034,7 +1053,11 @@ def diff_refs(
                 for tree in trees.values():
                     tree.list(PIPELINE_FILES)
                     tree.extract(PIPELINE_FILES)
-                compiling = _start_compile(trees, pipelines or {})
+                from .source import project_image
+
+                name = image or DEFAULT_IMAGE
+                report.images = {side: project_image(name, repo, commit) for side, commit in commits.items()}
+                compiling = _start_compile(trees, pipelines or {}, report.images)
             affected = affected_overlays(trees["base"], trees["head"], changes)
             for tree, walker in zip(trees.values(), affected.walkers, strict=True):
                 needed = needed_files(walker, affected.overlays)
@@ -1275,6 +1298,14 @@ def _pipeline_header(report: DiffReport) -> str:
     changed = [p for p in report.pipelines if p.status != "unchanged"]
     same = [p.name for p in report.pipelines if p.status == "unchanged"]
     text = "### Compiled pipelines\n\n"
+    images = report.images or {}
+    if images and images.get("base") != images.get("head"):
+        old, new = images["base"], images["head"]
+        text += (
+            f"The project image changes: `{_short(old)}` → `{_short(new)}` (its digest: the source digest of "
+            "src/, pyproject.toml and Dockerfile locally, the pushed image on the cluster), so every component "
+            "runs new code and the next release names this image.\n\n"
+        )
     if changed:
         text += "Components added, removed and changed, and what a reviewer checks first:\n\n"
         text += table([_pipeline_row(p) for p in changed], ["pipeline", *_MARKS, "headline"]) + "\n\n"

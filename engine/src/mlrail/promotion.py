@@ -1,19 +1,25 @@
 """The life of a model: the sandbox, staging and production flows, gates, promotion PRs, rollback.
 
+Everything an environment runs is named by its release, `deploy/overlays/<env>/release.yaml`
+(mlrail.release): commit, image by digest, source digest, pipeline hash and parameters, data
+snapshot, model, metrics and gate verdict.
+
 - sandbox: features + training, stored and registered in the sandbox (experiments).
-- staging (on merge to main): compile, features + training, store, register with lineage, write
-  the staging overlay's model.yaml, serve the test endpoint from it, smoke-test it, evaluate the
-  gates, mark the version `challenger`, open or update the promotion PR.
-- promotion PR: `transit` changes production's model.yaml (the validated model, addressed in
-  production's store); `retrain` changes production's pipeline.yaml (the compiled pipeline
-  version and parameters that passed staging). Both also carry staging's model.yaml, so main
-  records what staging validated.
-- production (on merge, a reconcile): `retrain` first trains the declared pipeline in production
-  (verifying its content hash), registers, gates against the champion and opens the deployment
-  PR changing model.yaml (merged at once when `auto_merge`). Then, for both patterns, the model
-  model.yaml names is copied in if missing (transit), verified, registered with lineage, made
-  `champion` and served. Serving never switches to a model that is missing or whose digest differs.
-- rollback: a PR reverting production's model.yaml to the model it served before.
+- staging (on merge to main): compile against the project image (`<image>@<digest>`, the source
+  digest locally), features + training, store, register with lineage, write staging's release,
+  serve the test endpoint from it, smoke-test it, evaluate the gates, mark the version
+  `challenger`, open or update the promotion PR.
+- promotion PR: `transit` copies staging's release into production's (the model addressed in
+  production's store, its source the staging version); `retrain` writes production's release with
+  staging's commit, image, pipeline hash and parameters and no model yet. Both also carry
+  staging's release, so main records what staging validated.
+- production (on merge, a reconcile): `retrain` first trains exactly the release's pipeline in
+  production (same image, refusing a different content hash; locally the same source digest),
+  registers, gates against the champion and opens the deployment PR that fills the model into the
+  release (merged at once when `auto_merge`). Then, for both patterns, the model the release names
+  is copied in if missing (transit), verified, registered with lineage, made `champion` and served.
+  Serving never switches to a model that is missing or whose digest differs.
+- rollback: a PR reverting production's release.yaml to the release it named before.
 
 Every step is idempotent (content-addressed store, registration by digest, PRs by branch), so a
 rerun after a crash anywhere converges. Progress records in `.mlops/<env>/flows/` let a rerun skip
@@ -31,21 +37,31 @@ import json
 import os
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
-
-import yaml
 
 from . import gitops
 from .config import Config, Environment
 from .errors import MlopsError
 from .fsutil import atomic_write_text
-from .modelref import ModelRef, ModelRefError, read_model_ref, render_model_ref
+from .release import (
+    NONE,
+    RELEASE_FILE,
+    ModelRef,
+    Release,
+    ReleaseError,
+    parse_source,
+    portable_uri,
+    read_release,
+    release_from_text,
+    render_like,
+    resolve_uri,
+    source_of,
+    write_release,
+)
 
 FAULT_VAR = "MLOPS_FAULT"
-PIPELINE_FILE = "pipeline.yaml"
-MODEL_FILE = "model.yaml"
 BASE_BRANCH = "main"
 PROMOTE_PREFIX = "promote/"
 DEPLOY_PREFIX = "deploy/"
@@ -54,15 +70,19 @@ TAG_GATES = "gates"  # passed | failed, set on the version the gates judged
 TAG_SMOKE_P95 = "smoke.p95_ms"
 TAG_PARAM_PREFIX = "param."
 TAG_VALIDATED_BY = "validated_by"  # retrain: the staging version that validated the pipeline
-# Code that decides what a model is: staging and production train committed code only.
-MODEL_CODE_PATHS = ("src", "pyproject.toml")
+# What a registered version needs to be turned back into its release:
+TAG_IMAGE = "image"  # <image>@sha256:... the pipelines were compiled against
+TAG_SOURCE_DIGEST = "source_digest"  # mlrail.source.source_digest at the commit
+TAG_PARAMETERS = "parameters"  # JSON: pipeline -> name -> value, as the run passed them
+# Code that decides what a model is (what the image holds): staging and production train committed code only.
+MODEL_CODE_PATHS = ("src", "pyproject.toml", "Dockerfile")
 STAGING_FLOW_STEPS = (
     "compile",
     "features",
     "training",
     "store",
     "register",
-    "model-ref",
+    "release",
     "deploy",
     "smoke",
     "gates",
@@ -208,11 +228,15 @@ class Progress:
 # --- pipelines and training ------------------------------------------------------------------
 
 
-def compile_pipelines(cfg: Config) -> dict[str, str]:
-    """Compile every pipeline into build/pipelines; returns each one's content hash and their combined version."""
+def compile_pipelines(cfg: Config, image: str | None = None) -> dict[str, str]:
+    """Compile every pipeline into build/pipelines; returns each one's content hash and their combined version.
+
+    `image` (`<image>@<digest>`) is what the components run in: it is part of the compiled pipelines,
+    so a change to the code the image holds changes their hash."""
+    from . import pipelines
     from .compile import compile_all, pipeline_version
 
-    compiled = compile_all(cfg.load_pipelines(), cfg.root / "build" / "pipelines")
+    compiled = compile_all(pipelines.load(cfg.root, cfg.pipelines, image=image), cfg.root / "build" / "pipelines")
     versions = {name: pipeline_version(path) for name, path in compiled.items()}
     return {**versions, "pipeline": combined_version(versions)}
 
@@ -258,11 +282,23 @@ def _mark_challenger(flow, registry, mv) -> None:
         step.detail = f"challenger -> v{mv.version}"
 
 
-def _train(flow: Flow, cfg: Config, env: Environment, params: dict[str, float], key: dict[str, Any]) -> dict[str, Any]:
-    """Features then training, skipped when a finished run for the same key still exists."""
+def _train(
+    flow: Flow,
+    cfg: Config,
+    env: Environment,
+    params: dict[str, Any],
+    key: dict[str, Any],
+    feature_params: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Features then training, skipped when a finished run for the same key still exists.
+
+    `params` is the training pipeline's full parameter set (see `_params`); the feature
+    pipeline's come from config for `env`, and both are part of the key."""
     from . import runner
 
-    progress = Progress(env, flow.name, key)
+    if feature_params is None:  # retrain passes the release's: exactly what staging ran
+        feature_params = cfg.parameters("features", env.name)
+    progress = Progress(env, flow.name, {**key, "feature_params": feature_params})
     done = progress.get("training")
     if done and Path(done["model_uri"]).is_dir():
         flow.skip("features", f"finished earlier: {done['snapshot'][:19]}")
@@ -270,10 +306,10 @@ def _train(flow: Flow, cfg: Config, env: Environment, params: dict[str, float], 
         return done
     with flow.step("features", "training") as step:
         pipelines = cfg.load_pipelines()
-        features = runner.run_features(env, pipelines)
+        features = runner.run_features(env, pipelines, feature_params)
         step.detail = f"{features.rows} rows, snapshot {features.snapshot[:19]}"
     with flow.step("training", "training") as step:
-        trained = runner.run_training(env, pipelines, features.features_uri, **params)
+        trained = runner.run_training(env, pipelines, features.features_uri, params)
         step.detail = ", ".join(f"{k} {v:.3f}" for k, v in trained.metrics.items() if k != "test_rows")
         done = {
             "model_uri": trained.model_uri,
@@ -285,21 +321,54 @@ def _train(flow: Flow, cfg: Config, env: Environment, params: dict[str, float], 
     return done
 
 
-def _params(c: float | None, max_iter: int | None = None, seed: int | None = None) -> dict[str, Any]:
-    params: dict[str, Any] = {"c": 1.0 if c is None else float(c)}
-    if max_iter is not None:
-        params["max_iter"] = int(max_iter)
-    if seed is not None:
-        params["seed"] = int(seed)
-    if params["c"] <= 0:
-        raise PromotionError(f"--c is {params['c']}; expected a positive regularisation strength")
+def _params(
+    cfg: Config,
+    env: Environment,
+    overrides: dict[str, Any] | None = None,
+    promoted: dict[str, Any] | None = None,
+    where: str = "",
+) -> dict[str, Any]:
+    """The training pipeline's full parameter set for a run in `env`, checked before anything runs.
+
+    Sandbox and staging: `training.parameters`, the environment's overrides, then `overrides`
+    (`--param`). Retrain: exactly the `promoted` parameters staging validated (from `where`), so
+    production forwards every one of them and config cannot change what was validated. Names
+    are checked against the pipeline's declared parameters, values cast to their types, and the
+    declared defaults filled in, so the registry and the release record the whole set."""
+    from . import runner
+
+    if promoted is not None:
+        given = dict(promoted)
+        sources = {name: f"{where}: parameters.{name}" for name in given}
+    else:
+        given = cfg.parameters("training", env.name)
+        sources = cfg.parameter_sources("training", env.name)
+        for name, value in (overrides or {}).items():
+            given[name], sources[name] = value, f"--param {name}"
+    return runner.bind(cfg.load_pipelines(), "training", given, sources)
+
+
+def _param_tag(value: Any) -> str:
+    """A parameter as a registry tag: JSON, so its type survives the trip to production."""
+    return json.dumps(value, sort_keys=True)
+
+
+def params_from_tags(tags: dict[str, str]) -> dict[str, Any]:
+    """The `param.<name>` tags of a version, with their types (tags written before JSON as-is)."""
+    params = {}
+    for key, value in sorted(tags.items()):
+        if key.startswith(TAG_PARAM_PREFIX):
+            try:
+                params[key[len(TAG_PARAM_PREFIX) :]] = json.loads(value)
+            except json.JSONDecodeError:
+                params[key[len(TAG_PARAM_PREFIX) :]] = value
     return params
 
 
 def _lineage(commit: str, versions: dict[str, str], trained: dict[str, Any], **extra: str) -> dict[str, str]:
     from .registry import lineage_tags
 
-    params = {f"{TAG_PARAM_PREFIX}{k}": str(v) for k, v in trained["params"].items()}
+    params = {f"{TAG_PARAM_PREFIX}{k}": _param_tag(v) for k, v in trained["params"].items()}
     metrics = {k: v for k, v in trained["metrics"].items() if k != "test_rows"}
     return lineage_tags(
         git_commit=commit,
@@ -400,99 +469,122 @@ def _gate_message(env: str, model: str, results: list[GateResult]) -> str:
     return f"{env} gates failed for {model}: {'; '.join(failed)}"
 
 
-# --- model references ------------------------------------------------------------------------
+# --- releases --------------------------------------------------------------------------------
 
 
 def overlay_dir(cfg: Config, env: str) -> Path:
     return cfg.root / cfg.env(env).overlay
 
 
-def overlay_file(cfg: Config, env: str, name: str = MODEL_FILE) -> str:
+def overlay_file(cfg: Config, env: str, name: str = RELEASE_FILE) -> str:
     """Repository-relative path of a file in an overlay (what a PR changes)."""
     return f"{cfg.env(env).overlay}/{name}"
 
 
-def source_of(env: str, name: str, version: str) -> str:
-    """The `source` field of model.yaml: the registry version that produced or validated the model."""
-    return f"{env}:{name}/{version}"
+def project_image(cfg: Config, commit: str, image_digest: str | None = None) -> str:
+    """`<image>@<digest>`: the pushed image digest when CI gives one, else the source digest at `commit`."""
+    from . import source
+
+    return source.project_image(cfg.image, cfg.root, commit, image_digest)
 
 
-def parse_source(source: str) -> tuple[str, str, str]:
-    """(env, name, version) of a `source` field written by source_of."""
-    env, _, rest = source.partition(":")
-    name, _, version = rest.rpartition("/")
-    if not env or not name or not version.isdigit():
-        raise PromotionError(f"model.yaml source {source!r} is not of the form <env>:<model name>/<version>")
-    return env, name, version
+def _release_tags(image: str, source_digest: str, parameters: dict[str, dict[str, Any]]) -> dict[str, str]:
+    """Lineage tags that let a registered version be turned back into its release."""
+    return {
+        TAG_IMAGE: image,
+        TAG_SOURCE_DIGEST: source_digest,
+        TAG_PARAMETERS: json.dumps(parameters, sort_keys=True, separators=(",", ":")),
+    }
 
 
-def ref_from_text(text: str, where: str) -> ModelRef:
-    """Parse the content of a model.yaml (from git history, not the working tree) and check it."""
+def release_of(cfg: Config, env: str, mv, storage_uri: str | None = None, source: str | None = None) -> Release:
+    """The release a registered version stands for, rebuilt from its lineage tags.
+
+    `storage_uri` (default: where the version is stored) is committed relative when it is local;
+    `source` defaults to the version itself (`<env>:<name>/<version>`).
+    """
+    tags = mv.tags
+    where = f"{env} {mv.name} v{mv.version}"
     try:
-        data = (yaml.safe_load(text) or {}).get("data") or {}
-    except (yaml.YAMLError, AttributeError):
-        raise ModelRefError(f"{where} is not a model reference ConfigMap") from None
-    keys = {"name": "name", "version": "version", "digest": "digest", "storageUri": "storage_uri", "source": "source"}
-    try:
-        return ModelRef(**{attr: str(data[key]) for key, attr in keys.items()}).check(where)
-    except KeyError as exc:
-        raise ModelRefError(f"{where}: data.{exc.args[0]} is missing") from None
-
-
-def _header_of(text: str | None) -> str | None:
-    if text is None:
-        return None
-    lines = []
-    for line in text.splitlines(keepends=True):
-        if not (line.startswith("#") or not line.strip()):
-            break
-        lines.append(line)
-    return "".join(lines) or None
-
-
-def render_ref_like(cfg: Config, env: str, ref: ModelRef) -> str:
-    """model.yaml text for `ref`, keeping the committed file's header comments."""
-    committed = gitops.show(cfg.root, "HEAD", overlay_file(cfg, env))
-    header = _header_of(committed)
-    return render_model_ref(ref, header) if header else render_model_ref(ref)
-
-
-def render_pipeline_spec(spec: dict[str, Any]) -> str:
-    header = (
-        "# The compiled pipelines production runs (retrain pattern). A promotion PR sets this to what\n"
-        "# passed staging; on merge, production verifies the content hash, trains with exactly these\n"
-        "# pipelines and parameters, and opens the deployment PR for the model it trained.\n"
+        parameters = json.loads(tags.get(TAG_PARAMETERS, "{}"))
+    except ValueError:
+        raise PromotionError(f"{where}: tag {TAG_PARAMETERS} is not JSON; register the version again") from None
+    image = tags.get(TAG_IMAGE)
+    if not image:
+        raise PromotionError(f"{where} has no {TAG_IMAGE} tag: it was not registered by a staging run; rerun staging")
+    model = ModelRef(
+        mv.name,
+        mv.version,
+        mv.digest,
+        portable_uri(storage_uri or mv.source, cfg.local_root),
+        source or source_of(env, mv.name, mv.version),
     )
-    return header + yaml.safe_dump(spec, sort_keys=False)
+    return Release(
+        model=model,
+        commit=tags.get("git_commit", NONE),
+        image=image,
+        source_digest=tags.get(TAG_SOURCE_DIGEST, NONE),
+        pipeline=tags.get("pipeline_version", NONE),
+        parameters=parameters,
+        data_snapshot=tags.get("data_snapshot", NONE),
+        metrics=dict(mv.metrics),
+        gates=tags.get(TAG_GATES, NONE) if tags.get(TAG_GATES) in ("passed", "failed") else NONE,
+    ).check(f"the release of {where}")
 
 
-def read_pipeline_spec(text: str | None, where: str) -> dict[str, Any] | None:
+def committed_text(cfg: Config, env: str) -> str | None:
+    """An overlay's release.yaml as committed at HEAD (None when absent)."""
+    return gitops.show(cfg.root, "HEAD", overlay_file(cfg, env))
+
+
+def committed_release(cfg: Config, env: str) -> Release:
+    """The release main names for `env`, refusing a working-tree file that differs from it:
+    what an environment runs is named by a commit, never by an uncommitted edit."""
+    path = overlay_file(cfg, env)
+    text = committed_text(cfg, env)
     if text is None:
-        return None
-    try:
-        spec = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise PromotionError(f"{where} is not valid YAML: {str(exc).splitlines()[0]}") from None
-    if not isinstance(spec, dict) or not str(spec.get("pipeline_version", "")).startswith("sha256:"):
-        raise PromotionError(f"{where}: pipeline_version is missing; expected sha256:<hex> of the compiled pipelines")
-    if not isinstance(spec.get("parameters", {}), dict):
-        raise PromotionError(f"{where}: parameters must be a mapping of name to value")
-    return spec
+        raise PromotionError(f"{path} is not committed on {BASE_BRANCH}: commit the overlay's release first")
+    working = cfg.root / path
+    if working.is_file() and working.read_text() != text:
+        raise PromotionError(
+            f"{path} has uncommitted changes: {env} runs only the release committed on {BASE_BRANCH}; "
+            "change it through a pull request (or discard the edit)"
+        )
+    return release_from_text(text, f"{path} at HEAD")
+
+
+def render_committed_like(cfg: Config, env: str, release: Release) -> str:
+    """release.yaml text for `release`, keeping the committed file's header comments."""
+    return render_like(release, committed_text(cfg, env))
+
+
+def same_code(a: Release, b: Release) -> bool:
+    """The same code and pipeline run with the same parameters (the model aside)."""
+    return (a.commit, a.image, a.source_digest, a.pipeline, a.parameters) == (
+        b.commit,
+        b.image,
+        b.source_digest,
+        b.pipeline,
+        b.parameters,
+    )
 
 
 # --- sandbox ---------------------------------------------------------------------------------
 
 
-def run_sandbox(cfg: Config, c: float | None = None) -> FlowReport:
-    """Train in the sandbox and register the model there: an experiment, never promoted."""
+def run_sandbox(cfg: Config, parameters: dict[str, Any] | None = None) -> FlowReport:
+    """Train in the sandbox and register the model there: an experiment, never promoted.
+
+    `parameters` override the training parameters from config (`--param NAME=VALUE`)."""
     from .artifacts import ArtifactStore
 
     env = cfg.env("sandbox")
     flow = Flow("sandbox", env.name, cfg.promotion)
-    params = _params(c)
+    params = _params(cfg, env, parameters)
     commit = gitops.head_commit(cfg.root) if (cfg.root / ".git").exists() else "uncommitted"
     with flow.step("compile") as step:
-        versions = compile_pipelines(cfg)
+        # Sandbox may run uncommitted code: the image names the last commit's source as a hint only.
+        versions = compile_pipelines(cfg, project_image(cfg, commit) if commit != "uncommitted" else None)
         step.detail = versions["pipeline"][:19]
     # Sandbox runs may use uncommitted code: never reuse a previous run there.
     key = {"commit": commit, "pipeline": versions["pipeline"], "params": params, "run": time.time()}
@@ -512,18 +604,28 @@ def run_sandbox(cfg: Config, c: float | None = None) -> FlowReport:
 # --- staging ---------------------------------------------------------------------------------
 
 
-def run_staging(cfg: Config, c: float | None = None, pulls: gitops.PullRequests | None = None) -> FlowReport:
-    """The staging workflow: train, register, serve the test endpoint, smoke, gate, promotion PR."""
+def run_staging(
+    cfg: Config,
+    parameters: dict[str, Any] | None = None,
+    pulls: gitops.PullRequests | None = None,
+    image_digest: str | None = None,
+) -> FlowReport:
+    """The staging workflow: train, register, write staging's release, serve the test endpoint from
+    it, smoke, gate, promotion PR.
+
+    `parameters` override the training parameters from config (`--param NAME=VALUE`);
+    `image_digest` is the image CI pushed for this commit (cluster), else the source digest stands in."""
     from .artifacts import ArtifactStore
-    from .modelref import write_model_ref
+    from .source import source_digest
 
     env = cfg.env("staging")
-    params = _params(c)
+    params = _params(cfg, env, parameters)
     flow = Flow("staging", env.name, cfg.promotion)
     commit = committed_head(cfg, "staging")
     with flow.step("compile") as step:
-        versions = compile_pipelines(cfg)
-        step.detail = versions["pipeline"][:19]
+        image = project_image(cfg, commit, image_digest)
+        versions = compile_pipelines(cfg, image)
+        step.detail = f"{versions['pipeline'][:19]} with image {image.rpartition('@')[2][:19]}"
     trained = _train(flow, cfg, env, params, {"commit": commit, "pipeline": versions["pipeline"], "params": params})
     store = ArtifactStore(env)
     with flow.step("store") as step:
@@ -531,20 +633,29 @@ def run_staging(cfg: Config, c: float | None = None, pulls: gitops.PullRequests 
         step.detail = stored.uri
     with flow.step("register") as step:
         registry = flow.registry(env, cfg.model_name)
-        mv = registry.register(stored, _lineage(commit, versions, trained))
+        from . import runner
+
+        # The full parameter sets the pipelines ran with (declared defaults filled in): retrain replays them.
+        features = runner.bind(cfg.load_pipelines(), "features", cfg.parameters("features", env.name))
+        ran = {"features": features, "training": trained["params"]}
+        extra = _release_tags(image, source_digest(cfg.root, commit), ran)
+        mv = registry.register(stored, _lineage(commit, versions, trained, **extra))
         step.detail = f"{mv.name} v{mv.version} ({mv.digest[:19]})"
     flow.report.model = _model_summary(mv, env.name)
-    ref = ModelRef(cfg.model_name, mv.version, stored.digest, stored.uri, source_of(env.name, mv.name, mv.version))
-    with flow.step("model-ref") as step:
-        changed = write_model_ref(overlay_dir(cfg, env.name), ref)
-        step.detail = f"{env.overlay}/{MODEL_FILE} {'updated' if changed else 'unchanged'}"
+    with flow.step("release") as step:
+        changed = write_release(overlay_dir(cfg, env.name), release_of(cfg, env.name, registry.get(mv.version)))
+        step.detail = f"{env.overlay}/{RELEASE_FILE} {'updated' if changed else 'unchanged'}"
     p95 = serve_and_smoke(cfg, flow, env, f"v{mv.version}")
     with flow.step("gates") as step:
-        champion = flow.registry(cfg.env("production"), cfg.model_name).alias("champion")
+        champion = production_champion(cfg)
         results = evaluate_gates(
             env.gates, mv.metrics, champion.metrics if champion else None, p95, "environments.staging.gates"
         )
         extra = {TAG_SMOKE_P95: f"{p95}"} if p95 is not None else {}
+        # staging's release records the verdict too, whichever it is
+        verdict = "passed" if all(r.passed for r in results) else "failed"
+        judged = replace(release_of(cfg, env.name, registry.get(mv.version)), gates=verdict)
+        write_release(overlay_dir(cfg, env.name), judged)
         _record_verdict(flow, step, registry, mv, results, "staging", extra)
     _mark_challenger(flow, registry, mv)
     with flow.step("pull-request") as step:
@@ -554,13 +665,26 @@ def run_staging(cfg: Config, c: float | None = None, pulls: gitops.PullRequests 
     return flow.finish()
 
 
+def production_champion(cfg: Config) -> Release | None:
+    """The model production's committed release serves, with its metrics: staging gates against
+    git, never against production's registry (staging holds no production credentials)."""
+    text = committed_text(cfg, "production")
+    if text is None:
+        return None
+    declared = release_from_text(text, f"{overlay_file(cfg, 'production')} at HEAD")
+    return None if declared.model.is_empty else declared
+
+
 def open_promotion(
     cfg: Config, pulls: gitops.PullRequests | None = None, flow: Flow | None = None, again: bool = False
 ) -> tuple[gitops.PullRequest | None, str]:
     """Open or update the promotion PR for staging's challenger; (None, why) when there is nothing to do.
 
-    A candidate whose promotion PR was already decided (merged and since rolled back, or closed)
-    is not proposed again unless `again`: a rerun of staging must not undo a rollback.
+    transit: production's release becomes staging's, the model addressed in production's store.
+    retrain: production's release names staging's commit, image, pipeline and parameters and no
+    model yet (production trains it). Both carry staging's release, so main records what staging
+    validated. A candidate whose promotion PR was already decided (merged and since rolled back,
+    or closed) is not proposed again unless `again`: a rerun of staging must not undo a rollback.
     """
     from .artifacts import ArtifactStore
 
@@ -572,7 +696,7 @@ def open_promotion(
         raise PromotionError("staging has no challenger: run `make staging` to train and validate a candidate first")
     if candidate.tags.get(TAG_GATES) != "passed":
         raise PromotionError(f"staging v{candidate.version} has not passed the staging gates; rerun `make staging`")
-    champion = flow.registry(production, cfg.model_name).alias("champion")
+    champion = production_champion(cfg)
     p95 = float(candidate.tags[TAG_SMOKE_P95]) if TAG_SMOKE_P95 in candidate.tags else None
     results = evaluate_gates(
         staging.gates, candidate.metrics, champion.metrics if champion else None, p95, "environments.staging.gates"
@@ -583,28 +707,33 @@ def open_promotion(
         report.gates = [r.row() for r in results]
         raise GateFailure(_gate_message("staging", f"{candidate.name} v{candidate.version}", results), report)
 
-    staging_ref = ModelRef(
-        candidate.name,
-        candidate.version,
-        candidate.digest,
-        candidate.source,
-        source_of(staging.name, candidate.name, candidate.version),
-    )
-    files = {overlay_file(cfg, "staging"): render_ref_like(cfg, "staging", staging_ref)}
+    staging_release = release_of(cfg, staging.name, candidate)
+    files = {overlay_file(cfg, "staging"): render_committed_like(cfg, "staging", staging_release)}
     if cfg.promotion == "transit":
-        production_ref = ModelRef(
-            candidate.name,
-            candidate.version,
-            candidate.digest,
-            ArtifactStore(production).uri_for(candidate.digest),
-            staging_ref.source,
+        in_production = ArtifactStore(production).uri_for(candidate.digest)
+        production_release = replace(
+            staging_release,
+            model=replace(staging_release.model, storage_uri=portable_uri(in_production, cfg.local_root)),
         )
-        production_path = overlay_file(cfg, "production")
-        files[production_path] = render_ref_like(cfg, "production", production_ref)
     else:
-        production_path = overlay_file(cfg, "production", PIPELINE_FILE)
-        files[production_path] = render_pipeline_spec(pipeline_spec(candidate))
-    if gitops.show(cfg.root, "HEAD", production_path) == files[production_path]:
+        # No model yet: production trains it. modelSource keeps the staging version that validated the code.
+        production_release = replace(
+            staging_release,
+            model=ModelRef(candidate.name, source=staging_release.model.source),
+            data_snapshot=NONE,
+            metrics={},
+            gates=NONE,
+        )
+    production_path = overlay_file(cfg, "production")
+    files[production_path] = render_committed_like(cfg, "production", production_release)
+    current = committed_text(cfg, "production")
+    declared = release_from_text(current, f"{production_path} at HEAD") if current is not None else None
+    promoted = declared is not None and (
+        declared.model.digest == candidate.digest
+        if cfg.promotion == "transit"
+        else same_code(declared, production_release)
+    )
+    if promoted:
         note = f"already promoted: main's {production_path} names staging v{candidate.version}"
         if own_flow:
             flow.finish()
@@ -638,27 +767,6 @@ def open_promotion(
     return pr, note
 
 
-def pipeline_spec(candidate) -> dict[str, Any]:
-    """retrain: what production must run, taken from the lineage of the staging candidate."""
-    params = {}
-    for key, value in sorted(candidate.tags.items()):
-        if key.startswith(TAG_PARAM_PREFIX):
-            number = float(value)
-            params[key[len(TAG_PARAM_PREFIX) :]] = int(number) if number.is_integer() and key != "param.c" else number
-    return {
-        "pipeline_version": candidate.tags["pipeline_version"],
-        "parameters": params,
-        "git_commit": candidate.tags.get("git_commit", ""),
-        "validated": {
-            "env": "staging",
-            "model": candidate.name,
-            "version": candidate.version,
-            "digest": candidate.digest,
-            "data_snapshot": candidate.tags.get("data_snapshot", ""),
-        },
-    }
-
-
 def _metrics_table(candidate: dict[str, float], champion: dict[str, float] | None, labels: tuple[str, str]) -> str:
     rows = ["| metric | " + " | ".join(labels) + " | change |", "|---|---|---|---|"]
     for metric in sorted(candidate):
@@ -676,7 +784,16 @@ def _gates_table(results: list[GateResult]) -> str:
 
 
 def _lineage_table(tags: dict[str, str], extra: dict[str, str]) -> str:
-    keys = ("git_commit", "pipeline_version", "data_snapshot", "digest", "source_env", "source_version")
+    keys = (
+        "git_commit",
+        "image",
+        "source_digest",
+        "pipeline_version",
+        "data_snapshot",
+        "digest",
+        "source_env",
+        "source_version",
+    )
     rows = ["| lineage | value |", "|---|---|"]
     rows += [f"| {key} | `{tags[key]}` |" for key in keys if key in tags]
     rows += [f"| {key} | `{value}` |" for key, value in extra.items()]
@@ -685,7 +802,7 @@ def _lineage_table(tags: dict[str, str], extra: dict[str, str]) -> str:
 
 def promotion_body(cfg: Config, candidate, champion, results: list[GateResult], files: dict[str, str]) -> str:
     """The promotion PR body: metrics against the champion, gates, lineage, and how to roll back."""
-    champion_label = f"production champion v{champion.version}" if champion else "production champion (none yet)"
+    champion_label = f"production champion v{champion.model.version}" if champion else "production champion (none yet)"
     params = {k: v for k, v in candidate.tags.items() if k.startswith(TAG_PARAM_PREFIX)}
     if cfg.promotion == "transit":
         on_merge = (
@@ -694,9 +811,9 @@ def promotion_body(cfg: Config, candidate, champion, results: list[GateResult], 
         )
     else:
         on_merge = (
-            "Merging makes production **retrain** with exactly this compiled pipeline (its content hash is "
-            "verified), register the result, gate it against the production champion and open the deployment "
-            "PR that changes production's model.yaml."
+            "Merging makes production **retrain** with exactly this release's image, compiled pipeline (its "
+            "content hash is verified) and parameters, register the result, gate it against the production "
+            "champion and open the deployment PR that fills the model into production's release.yaml."
         )
     smoke = candidate.tags.get(TAG_SMOKE_P95)
     return "\n".join(
@@ -723,7 +840,7 @@ def promotion_body(cfg: Config, candidate, champion, results: list[GateResult], 
             "### Roll back",
             "",
             "After this is merged and production runs it, `make rollback` opens a pull request that reverts "
-            "production's `model.yaml` to the model served before; merging that and running `make production` "
+            "production's `release.yaml` to the release served before; merging that and running `make production` "
             "switches serving back (the previous model is still in the production store and registry).",
         ]
     )
@@ -733,7 +850,7 @@ def promotion_body(cfg: Config, candidate, champion, results: list[GateResult], 
 
 
 def run_production(cfg: Config, pulls: gitops.PullRequests | None = None) -> FlowReport:
-    """Converge production to what main declares: (retrain) train the declared pipeline, then serve model.yaml."""
+    """Converge production to the release main names: (retrain) train the declared pipeline, then serve its model."""
     flow = Flow("production", "production", cfg.promotion)
     if cfg.promotion == "retrain":
         _retrain(cfg, flow, pulls)
@@ -742,56 +859,73 @@ def run_production(cfg: Config, pulls: gitops.PullRequests | None = None) -> Flo
 
 
 def _retrain(cfg: Config, flow: Flow, pulls: gitops.PullRequests | None) -> None:
+    """retrain: train exactly the release's pipeline, image and parameters in production, gate, deployment PR."""
     from .artifacts import ArtifactStore
+    from .source import source_digest
 
     env = cfg.env("production")
-    where = overlay_file(cfg, "production", PIPELINE_FILE)
-    spec = read_pipeline_spec(_read(cfg.root / where), where)
-    if spec is None:
-        flow.report.notes.append(f"{where} is absent: no pipeline promoted to production yet")
+    where = overlay_file(cfg, "production")
+    declared = committed_release(cfg, "production")
+    if not declared.has_pipeline:
+        flow.report.notes.append(f"{where} names no pipeline yet: nothing promoted to production")
+        return
+    if not declared.model.is_empty:
+        # The deployment PR was merged (or a rollback restored an earlier release): serve it as it is.
+        for name in ("features", "training", "store", "register-trained"):
+            flow.skip(name, f"{where} names production v{declared.model.version} already")
+        flow.skip("pull-request", f"{where} names production v{declared.model.version} already")
         return
     commit = committed_head(cfg, "production")
     with flow.step("verify-pipeline") as step:
-        versions = compile_pipelines(cfg)
-        if versions["pipeline"] != spec["pipeline_version"]:
+        if env.backend == "local":
+            # Locally the checkout's code runs, not the image: it must be the code staging validated.
+            here = source_digest(cfg.root, commit)
+            if here != declared.source_digest:
+                raise PromotionError(
+                    f"{where} names source {declared.source_digest[:19]} but main's source is {here[:19]}: the "
+                    "code changed after staging validated it; let staging run on main and promote again"
+                )
+        versions = compile_pipelines(cfg, declared.image)
+        if versions["pipeline"] != declared.pipeline:
             raise PromotionError(
-                f"{where} names pipeline {spec['pipeline_version'][:19]} but main compiles to "
-                f"{versions['pipeline'][:19]}: the pipeline code changed after staging validated it; "
-                "let staging run on main and promote again"
+                f"{where} names pipeline {declared.pipeline[:19]} but main compiles to "
+                f"{versions['pipeline'][:19]} with image {declared.image}: the pipeline code changed after "
+                "staging validated it; let staging run on main and promote again"
             )
         step.detail = f"compiled pipeline {versions['pipeline'][:19]} = the one staging validated"
-    params = _params(**{k: v for k, v in spec.get("parameters", {}).items() if k in ("c", "max_iter", "seed")})
+    # Exactly the parameters staging validated, every one of them (config cannot change them here).
+    params = _params(cfg, env, promoted=declared.parameters.get("training", {}), where=where)
+    feature_params = declared.parameters.get("features", {})
+    parameters = {"features": feature_params, "training": params}
+    tags = _release_tags(declared.image, declared.source_digest, parameters)
     registry = flow.registry(env, cfg.model_name)
     trained_here = [
         mv
         for mv in registry.versions()
-        if mv.tags.get("pipeline_version") == spec["pipeline_version"]
-        and all(mv.tags.get(f"{TAG_PARAM_PREFIX}{k}") == str(v) for k, v in params.items())
+        if mv.tags.get("pipeline_version") == declared.pipeline
+        and params_from_tags(mv.tags) == params
+        and all(mv.tags.get(key) == value for key, value in tags.items())
     ]
     if trained_here:
         mv = trained_here[-1]
         for name in ("features", "training", "store", "register-trained"):
-            flow.skip(name, f"production v{mv.version} was trained with this pipeline already")
+            flow.skip(name, f"production v{mv.version} was trained with this release already")
     else:
-        key = {"commit": commit, "pipeline": versions["pipeline"], "params": params}
-        trained = _train(flow, cfg, env, params, key)
+        key = {"commit": commit, "pipeline": versions["pipeline"], "image": declared.image, "params": params}
+        trained = _train(flow, cfg, env, params, key, feature_params=feature_params)
         with flow.step("store") as step:
             stored = ArtifactStore(env).put(Path(trained["model_uri"]))
             step.detail = stored.uri
-        validated = spec.get("validated", {})
         with flow.step("register-trained") as step:
-            extra = {TAG_VALIDATED_BY: f"staging:{validated.get('model', cfg.model_name)}/{validated.get('version')}"}
-            mv = registry.register(stored, _lineage(commit, versions, trained, **extra))
+            validated = declared.model.source if declared.model.source != NONE else "staging"
+            extra = {**tags, TAG_VALIDATED_BY: validated}
+            mv = registry.register(stored, _lineage(declared.commit, versions, trained, **extra))
             step.detail = f"{mv.name} v{mv.version} ({mv.digest[:19]})"
     flow.report.model = _model_summary(mv, env.name)
 
     pulls = pulls or gitops.pull_requests(cfg)
     branch = f"{DEPLOY_PREFIX}{mv.name}-{mv.digest[7:19]}"
-    declared = ref_or_none(cfg, "production")
     proposed = [pr for pr in pulls.list() if pr.branch == branch]
-    if declared is not None and declared.digest == mv.digest:
-        flow.skip("pull-request", f"model.yaml already names production v{mv.version}")
-        return
     if any(pr.state != "open" for pr in proposed) and not any(pr.state == "open" for pr in proposed):
         # Merged earlier and since rolled back, or closed by a reviewer: do not propose it again.
         flow.skip("pull-request", f"the deployment of v{mv.version} was already decided in PR #{proposed[-1].number}")
@@ -807,11 +941,22 @@ def _retrain(cfg: Config, flow: Flow, pulls: gitops.PullRequests | None) -> None
         _record_verdict(flow, step, registry, mv, results, "production")
     _mark_challenger(flow, registry, mv)
     with flow.step("pull-request") as step:
-        ref = ModelRef(mv.name, mv.version, mv.digest, mv.source, source_of(env.name, mv.name, mv.version))
-        path = overlay_file(cfg, "production")
-        title = f"Deploy {mv.name} production v{mv.version} (retrained with pipeline {spec['pipeline_version'][7:19]})"
-        body = deployment_body(mv, champion, results, spec)
-        pr = pulls.open_or_update(branch, BASE_BRANCH, title, body, {path: render_ref_like(cfg, "production", ref)})
+        model = ModelRef(
+            mv.name,
+            mv.version,
+            mv.digest,
+            portable_uri(mv.source, cfg.local_root),
+            source_of(env.name, mv.name, mv.version),
+        )
+        deployed = replace(
+            declared.with_model(model, metrics=dict(mv.metrics), gates="passed"),
+            data_snapshot=mv.tags.get("data_snapshot", NONE),
+        )
+        title = f"Deploy {mv.name} production v{mv.version} (retrained with pipeline {declared.pipeline[7:19]})"
+        body = deployment_body(mv, champion, results, declared)
+        pr = pulls.open_or_update(
+            branch, BASE_BRANCH, title, body, {where: render_committed_like(cfg, "production", deployed)}
+        )
         flow.report.pull_request = pr.to_dict()
         step.detail = f"PR #{pr.number} {pr.branch}"
     if env.auto_merge:
@@ -823,64 +968,69 @@ def _retrain(cfg: Config, flow: Flow, pulls: gitops.PullRequests | None) -> None
         flow.report.notes.append(f"review and merge PR #{pr.number}, then run `make production` to serve v{mv.version}")
 
 
-def deployment_body(mv, champion, results: list[GateResult], spec: dict[str, Any]) -> str:
-    validated = spec.get("validated", {})
+def deployment_body(mv, champion, results: list[GateResult], declared: Release) -> str:
     champion_label = f"champion v{champion.version}" if champion else "champion (none yet)"
     return "\n".join(
         [
             f"## Deploy `{mv.name}` production v{mv.version}",
             "",
-            f"Production retrained with pipeline `{spec['pipeline_version']}` (the one staging v"
-            f"{validated.get('version', '?')} validated) and registered the result. Merging this makes production "
-            "serve it (`make production`).",
+            f"Production retrained with pipeline `{declared.pipeline}` and image `{declared.image}` (the release "
+            f"`{declared.model.source}` validated in staging) and registered the result. This fills the model into "
+            "production's release; merging it makes production serve it (`make production`).",
             "",
             f"### Retrained model vs champion\n\n{_metrics_table(mv.metrics, champion.metrics if champion else None, (f'v{mv.version}', champion_label))}",  # noqa: E501
             "",
             f"### Gates (production)\n\n{_gates_table(results)}",
             "",
-            f"### Lineage\n\n{_lineage_table(mv.tags, {'validated in staging': validated.get('digest', '')})}",
+            f"### Lineage\n\n{_lineage_table(mv.tags, {'validated in staging': declared.model.source})}",
             "",
             "### Roll back",
             "",
-            "`make rollback` opens a pull request reverting this file to the model served before.",
+            f"`make rollback` opens a pull request reverting `{RELEASE_FILE}` to the release served before.",
         ]
     )
 
 
 def ref_or_none(cfg: Config, env: str) -> ModelRef | None:
-    ref = read_model_ref(overlay_dir(cfg, env))
+    """The model an overlay's release (working tree) names, None before any."""
+    ref = read_release(overlay_dir(cfg, env)).model
     return None if ref.is_empty else ref
 
 
-def _read(path: Path) -> str | None:
-    return path.read_text() if path.is_file() else None
-
-
 def _serve_declared(cfg: Config, flow: Flow) -> None:
-    """Make production serve exactly what its model.yaml names: copy if needed, verify, register, champion, serve."""
+    """Make production serve exactly what its committed release names: copy if needed, verify, register,
+    champion, serve."""
     from .artifacts import ArtifactStore, StoredModel
     from .registry import lineage_tags
 
     env = cfg.env("production")
-    ref = ref_or_none(cfg, "production")
-    if ref is None:
-        flow.report.notes.append(f"{env.overlay}/{MODEL_FILE} declares no model yet (version: none): nothing to serve")
+    declared = committed_release(cfg, "production")
+    ref = declared.model
+    if ref.is_empty:
+        flow.report.notes.append(
+            f"{env.overlay}/{RELEASE_FILE} declares no model yet (modelVersion: none): nothing to serve"
+        )
         return
-    source_env, source_name, source_version = parse_source(ref.source)
+    where = f"{overlay_file(cfg, 'production')}: data.modelSource"
+    try:
+        source_env, source_name, source_version = parse_source(ref.source, where)
+    except ReleaseError as exc:
+        raise PromotionError(str(exc)) from None
+    uri = resolve_uri(ref.storage_uri, cfg.local_root)
     store = ArtifactStore(env)
     with flow.step("copy") as step:
         if store.has(ref.digest):
             step.status, step.detail = "skipped", "already in the production store"
         elif source_env == env.name:
             raise PromotionError(
-                f"production's model.yaml names {ref.storage_uri}, which is missing from the production store: "
-                "revert model.yaml (`make rollback`) or retrain"
+                f"production's release names {ref.storage_uri}, which is missing from the production store: "
+                f"revert {RELEASE_FILE} (`make rollback`) or retrain"
             )
         else:
             source_store = ArtifactStore(cfg.env(source_env))
             stored = store.copy_from(source_store, source_store.uri_for(ref.digest), ref.digest)
             step.detail = f"{source_env} -> {stored.uri}"
-        store.verify(ref.storage_uri, ref.digest)  # the URI in model.yaml, not just the digest
+        store.verify(uri, ref.digest)  # the URI the release names, not just the digest
     with flow.step("register") as step:
         registry = flow.registry(env, cfg.model_name)
         mv = registry.find_by_digest(ref.digest)
@@ -892,7 +1042,7 @@ def _serve_declared(cfg: Config, flow: Flow) -> None:
             source = flow.registry(cfg.env(source_env), source_name).get(source_version)
             if source.digest != ref.digest:
                 raise PromotionError(
-                    f"model.yaml names {ref.source} with digest {ref.digest}, but that version has {source.digest}"
+                    f"the release names {ref.source} with digest {ref.digest}, but that version has {source.digest}"
                 )
             lineage = {k: v for k, v in source.tags.items() if k not in ("storage_uri", TAG_GATES, TAG_SMOKE_P95)}
             lineage.update(
@@ -902,7 +1052,7 @@ def _serve_declared(cfg: Config, flow: Flow) -> None:
                     source_version=source_version,
                 )
             )
-            mv = registry.register(StoredModel(ref.storage_uri, ref.digest), lineage)
+            mv = registry.register(StoredModel(uri, ref.digest), lineage)
             step.detail = f"{mv.name} v{mv.version} (copied from {ref.source})"
     flow.report.model = _model_summary(mv, env.name)
     with flow.step("champion") as step:
@@ -916,7 +1066,7 @@ def _serve_declared(cfg: Config, flow: Flow) -> None:
 
 
 def serve_and_smoke(cfg: Config, flow: Flow, env: Environment, model: str) -> float | None:
-    """Switch the environment's endpoint to its model.yaml and smoke-test it; returns the p95 latency.
+    """Switch the environment's endpoint to its release and smoke-test it; returns the p95 latency.
 
     Local backend: the MLServer endpoint (blue/green, verified digest). Cluster backend: staging syncs
     its overlay here (Argo CD or kubectl); production's workflow syncs and smoke-tests in its next
@@ -954,44 +1104,56 @@ def serve_and_smoke(cfg: Config, flow: Flow, env: Environment, model: str) -> fl
 # --- rollback --------------------------------------------------------------------------------
 
 
-def open_rollback(cfg: Config, pulls: gitops.PullRequests | None = None) -> tuple[gitops.PullRequest, ModelRef]:
-    """Open a PR reverting production's model.yaml to the model it named before the current one."""
+def open_rollback(cfg: Config, pulls: gitops.PullRequests | None = None) -> tuple[gitops.PullRequest, Release]:
+    """Open a PR reverting production's release.yaml to the release it named before the current model."""
     from .artifacts import ArtifactStore
 
     path = overlay_file(cfg, "production")
     committed = gitops.show(cfg.root, "HEAD", path)
     if committed is None:
         raise PromotionError(f"{path} is not committed on main; nothing to roll back")
-    current = ref_from_text(committed, f"{path} at HEAD")
+    current = release_from_text(committed, f"{path} at HEAD")
     target_text, target, commit = None, None, None
     for commit, text in gitops.file_history(cfg.root, path):
         if text is None:
             continue
-        ref = ref_from_text(text, f"{path} at {commit[:12]}")
-        if not ref.is_empty and ref.digest != current.digest:
-            target_text, target = text, ref
+        try:
+            release = release_from_text(text, f"{path} at {commit[:12]}")
+        except ReleaseError:
+            continue  # an older file format or a broken revision: never a rollback target
+        if not release.model.is_empty and release.model.digest != current.model.digest:
+            target_text, target = text, release
             break
     if target is None or target_text is None:
-        raise PromotionError(f"nothing to roll back to: {path} has named no model other than the current one on main")
+        raise PromotionError(
+            f"nothing to roll back to: {path} has named no model other than the current one on main "
+            "(a rollback needs an earlier promoted model)"
+        )
     # The revert must name a model production can serve right away.
-    ArtifactStore(cfg.env("production")).verify(target.storage_uri, target.digest)
+    stored_at = resolve_uri(target.model.storage_uri, cfg.local_root)
+    ArtifactStore(cfg.env("production")).verify(stored_at, target.model.digest)
     pulls = pulls or gitops.pull_requests(cfg)
-    branch = f"{ROLLBACK_PREFIX}{target.name}-{target.digest[7:19]}"
-    what = "empty" if current.is_empty else f"v{current.version} ({current.digest[:19]})"
-    title = f"Roll back {target.name} in production to v{target.version} ({target.digest[7:19]})"
+    model, now = target.model, current.model
+    branch = f"{ROLLBACK_PREFIX}{model.name}-{model.digest[7:19]}"
+    what = "no model" if now.is_empty else f"v{now.version} ({now.digest[:19]})"
+    title = f"Roll back {model.name} in production to v{model.version} ({model.digest[7:19]})"
     body = "\n".join(
         [
-            f"## Roll back `{target.name}` in production to v{target.version}",
+            f"## Roll back `{model.name}` in production to v{model.version}",
             "",
             f"Reverts `{path}` to its content at {commit[:12]}: production serves {what} now and will serve "
-            f"v{target.version} (`{target.digest}`, source `{target.source}`) again. That model is still in the "
-            "production store; merging this and running `make production` switches serving back.",
+            f"v{model.version} (`{model.digest}`, source `{model.source}`) again, with the image and pipeline it "
+            "was released with. That model is still in the production store; merging this and running "
+            "`make production` switches serving back.",
             "",
             "| | current | after the rollback |",
             "|---|---|---|",
-            f"| version | {current.version} | {target.version} |",
-            f"| digest | `{current.digest}` | `{target.digest}` |",
-            f"| source | `{current.source}` | `{target.source}` |",
+            f"| model version | {now.version} | {model.version} |",
+            f"| model digest | `{now.digest}` | `{model.digest}` |",
+            f"| model source | `{now.source}` | `{model.source}` |",
+            f"| image | `{current.image}` | `{target.image}` |",
+            f"| pipeline | `{current.pipeline}` | `{target.pipeline}` |",
+            f"| commit | `{current.commit}` | `{target.commit}` |",
         ]
     )
     return pulls.open_or_update(branch, BASE_BRANCH, title, body, {path: target_text}), target
@@ -1001,7 +1163,7 @@ def open_rollback(cfg: Config, pulls: gitops.PullRequests | None = None) -> tupl
 
 
 def environment_status(cfg: Config) -> list[dict[str, Any]]:
-    """Per environment: registry versions and aliases, the overlay's model.yaml, the endpoint."""
+    """Per environment: registry versions and aliases, the overlay's release, the endpoint."""
     from . import serving
     from .registry import Registry
 
@@ -1015,9 +1177,9 @@ def environment_status(cfg: Config) -> list[dict[str, Any]]:
             versions = registry.versions() if registry.exists() else []
         aliases = {alias: mv.version for mv in versions for alias in mv.aliases}
         try:
-            ref = read_model_ref(overlay_dir(cfg, name))
+            ref = read_release(overlay_dir(cfg, name)).model
             declared = "none" if ref.is_empty else f"v{ref.version} {ref.digest[:19]} ({ref.source})"
-        except ModelRefError as exc:
+        except ReleaseError as exc:
             declared = f"invalid: {exc}"
         endpoint = endpoints.get(name)
         if not env.serving:
@@ -1032,7 +1194,7 @@ def environment_status(cfg: Config) -> list[dict[str, Any]]:
                 "versions": len(versions),
                 "champion": aliases.get("champion", ""),
                 "challenger": aliases.get("challenger", ""),
-                "model.yaml": declared,
+                "release": declared,
                 "endpoint": serves,
                 "registry": [mv.to_dict() for mv in versions],
             }

@@ -5,6 +5,11 @@ MLflow server named in config). A registered version points at the model's conte
 in that environment's artifact store and carries its lineage as tags, so the model production
 serves traces back to the commit, pipeline version, data snapshot and evaluation behind it.
 
+Every version is an MLflow model directory; its signature (input names and types, outputs) is
+read from the stored `MLmodel` and recorded as the `signature.inputs` / `signature.outputs` tags,
+so `status` shows what a version takes without downloading it. A directory that is not an MLflow
+model with a signature and an input example is refused.
+
 Registration is idempotent by digest: the digest is a tag set atomically with the version, so
 a rerun after a crash at any point finds the version instead of creating a duplicate.
 """
@@ -23,6 +28,7 @@ from typing import Any
 from .artifacts import ArtifactError, ArtifactStore, StoredModel, digest_hex, directory_digest, file_uri_path
 from .config import Environment
 from .errors import MlopsError
+from .mlmodel import ModelFormatError, Signature, check_model_dir
 
 # Lineage tag names: one constant each, so producers and readers agree.
 TAG_GIT_COMMIT = "git_commit"
@@ -34,6 +40,8 @@ TAG_METRIC_PREFIX = "metric."  # one tag per metric: metric.accuracy, metric.roc
 TAG_SOURCE_ENV = "source_env"  # copies (transit): where the model was validated
 TAG_SOURCE_REGISTRY = "source_registry"
 TAG_SOURCE_VERSION = "source_version"
+TAG_SIGNATURE_INPUTS = "signature.inputs"  # MLflow's JSON of the input schema, as in MLmodel
+TAG_SIGNATURE_OUTPUTS = "signature.outputs"
 LINEAGE_KEYS = (
     TAG_GIT_COMMIT,
     TAG_PIPELINE_VERSION,
@@ -80,6 +88,20 @@ class ModelVersion:
         return found
 
     @property
+    def signature(self) -> Signature | None:
+        """The signature recorded at registration (None for a version registered without one)."""
+        inputs = self.tags.get(TAG_SIGNATURE_INPUTS)
+        return Signature(inputs, self.tags.get(TAG_SIGNATURE_OUTPUTS, "")) if inputs else None
+
+    @property
+    def inputs(self) -> str:
+        """`name: type, ...` of the signature's inputs ("" when unknown)."""
+        try:
+            return self.signature.summary() if self.signature else ""
+        except ValueError:
+            return "(unreadable signature tag)"
+
+    @property
     def lineage(self) -> dict[str, str]:
         return {key: self.tags[key] for key in LINEAGE_KEYS if key in self.tags}
 
@@ -89,6 +111,7 @@ class ModelVersion:
             "version": self.version,
             "source": self.source,
             "digest": self.digest,
+            "inputs": self.inputs,
             "aliases": list(self.aliases),
             "tags": dict(self.tags),
         }
@@ -256,7 +279,11 @@ class Registry:
             )
         tags[TAG_DIGEST] = stored.digest
         tags[TAG_STORAGE_URI] = stored.uri
-        self._verify_in_own_store(stored)
+        signature = self._verify_in_own_store(stored)
+        if signature is not None:
+            tags[TAG_SIGNATURE_INPUTS] = signature.inputs
+            if signature.outputs:
+                tags[TAG_SIGNATURE_OUTPUTS] = signature.outputs
         existing = self.find_by_digest(stored.digest)
         if existing is not None:
             missing = {key: value for key, value in tags.items() if key not in existing.tags}
@@ -290,13 +317,18 @@ class Registry:
 
     # --- internals ----------------------------------------------------------------------
 
-    def _verify_in_own_store(self, stored: StoredModel) -> None:
-        """A version only ever names a model present, with its digest, in this environment's store."""
+    def _verify_in_own_store(self, stored: StoredModel) -> Signature | None:
+        """A version only ever names an MLflow model present, with its digest, in this environment's
+        store; returns its signature (None for a store this build cannot read)."""
         try:
             store = ArtifactStore(self.env)
         except ArtifactError:
-            return  # an object store this build cannot read (cluster): its pipeline wrote and checked it
+            return None  # an object store this build cannot read (cluster): its pipeline wrote and checked it
         store.verify(stored.uri, stored.digest)
+        try:
+            return check_model_dir(store.local_path(stored.uri))
+        except ModelFormatError as exc:
+            raise RegistryError(f"{self.env.name} registry: refusing to register {stored.uri}: {exc}") from None
 
     def _ensure_registered_model(self) -> None:
         from mlflow.exceptions import MlflowException
@@ -396,9 +428,17 @@ class Registry:
 
     def _timed(self, operation: str, *args, **kwargs):
         """Call MlflowClient.<operation>, recording how long it took."""
+        from sqlalchemy.exc import OperationalError
+
         started = time.perf_counter()
         try:
             return getattr(self.client, operation)(*args, **kwargs)
+        except OperationalError as exc:  # SQLite: locked by another process, read-only, not a database
+            reason = str(exc.orig) if exc.orig is not None else type(exc).__name__
+            raise RegistryError(
+                f"the {self.env.name} registry {self.uri} cannot be used ({operation}: {reason}); "
+                "if another mlrail command holds it, rerun when that one has finished"
+            ) from None
         finally:
             self.calls.append((operation, time.perf_counter() - started))
 

@@ -3,6 +3,10 @@
 The local backend runs the very same pipeline functions with kfp.local's SubprocessRunner in
 the current interpreter (the project venv plays the project image); each environment keeps
 its runs under .mlops/<env>/pipeline-root, apart from every other environment.
+
+Parameters are data (config `features.parameters` / `training.parameters`, per-environment
+overrides, `--param`): checked against the pipeline function's declared parameters before any
+run, cast to their declared types, completed with the declared defaults and recorded in full.
 """
 
 from __future__ import annotations
@@ -16,9 +20,11 @@ import time
 import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 from .config import Environment
 from .errors import MlopsError
+from .pipelines import resolve_parameters
 
 
 class PipelineRunError(MlopsError):
@@ -32,16 +38,17 @@ class FeatureRun:
     snapshot: str
     rows: int
     seconds: float
+    params: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
 class TrainingRun:
     env: str
     features_uri: str
-    model_uri: str  # a directory holding model.joblib
+    model_uri: str  # the model directory (an MLflow model)
     metrics: dict[str, float]
     snapshot: str
-    params: dict[str, float] = field(default_factory=dict)
+    params: dict[str, Any] = field(default_factory=dict)  # every parameter the run used, defaults included
     seconds: float = 0.0
 
     def to_json(self) -> str:
@@ -95,15 +102,22 @@ def _run_local(env: Environment, name: str, pipeline, **arguments):
         ) from exc
 
 
-def run_features(env: Environment, pipelines: dict, test_fraction: float = 0.2, seed: int = 42) -> FeatureRun:
+def bind(pipelines: dict, name: str, parameters: dict[str, Any], sources: dict[str, str] | None = None) -> dict:
+    """The full, typed parameter set for one run of pipeline `name` (PipelineParameterError if a
+    name is unknown or a value is not of the declared type)."""
+    target = pipelines.target(name) if hasattr(pipelines, "target") else name
+    return resolve_parameters(pipelines[name], parameters, pipeline=name, target=target, sources=sources)
+
+
+def run_features(env: Environment, pipelines: dict, parameters: dict[str, Any]) -> FeatureRun:
     """Run the feature pipeline and return where its snapshot is."""
+    parameters = bind(pipelines, "features", parameters)
     if env.backend == "cluster":
         from .cluster import kfp_api
 
-        return kfp_api.run_features(env, pipelines, test_fraction=test_fraction, seed=seed)
-    feature_pipeline = pipelines["features"]
+        return kfp_api.run_features(env, pipelines, parameters)
     started = time.perf_counter()
-    task = _run_local(env, "features", feature_pipeline, test_fraction=test_fraction, seed=seed)
+    task = _run_local(env, "features", pipelines["features"], **parameters)
     dataset = task.output
     return FeatureRun(
         env=env.name,
@@ -111,23 +125,21 @@ def run_features(env: Environment, pipelines: dict, test_fraction: float = 0.2, 
         snapshot=dataset.metadata.get("snapshot") or _snapshot(dataset.uri),
         rows=int(dataset.metadata.get("rows", 0)),
         seconds=round(time.perf_counter() - started, 3),
+        params=parameters,
     )
 
 
-def run_training(
-    env: Environment, pipelines: dict, features_uri: str, c: float = 1.0, max_iter: int = 1000, seed: int = 42
-) -> TrainingRun:
+def run_training(env: Environment, pipelines: dict, features_uri: str, parameters: dict[str, Any]) -> TrainingRun:
     """Run the training pipeline on a feature snapshot; returns the model and its metrics."""
+    parameters = bind(pipelines, "training", parameters)
     if env.backend == "cluster":
         from .cluster import kfp_api
 
-        return kfp_api.run_training(env, pipelines, features_uri, c=c, max_iter=max_iter, seed=seed)
-    training_pipeline = pipelines["training"]
-
+        return kfp_api.run_training(env, pipelines, features_uri, parameters)
     if not Path(features_uri).exists():
         raise PipelineRunError(f"features_uri {features_uri!r} does not exist in {env.name}")
     started = time.perf_counter()
-    task = _run_local(env, "training", training_pipeline, features_uri=features_uri, c=c, max_iter=max_iter, seed=seed)
+    task = _run_local(env, "training", pipelines["training"], features_uri=features_uri, **parameters)
     model, metrics = task.outputs["model"], task.outputs["metrics"]
     return TrainingRun(
         env=env.name,
@@ -135,7 +147,7 @@ def run_training(
         model_uri=model.uri,
         metrics=json.loads(Path(metrics.uri).read_text()),
         snapshot=_snapshot(features_uri),
-        params={"c": c, "max_iter": max_iter, "seed": seed},
+        params=parameters,
         seconds=round(time.perf_counter() - started, 3),
     )
 

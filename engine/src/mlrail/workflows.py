@@ -317,6 +317,7 @@ def act_command(
         "--env",
         f"MLOPS_LOCAL_ROOT={local_root(root)}",
     ]
+    command += [part for key, value in job_environment().items() for part in ("--env", f"{key}={value}")]
     for uses in workflow.uses():
         if not uses.startswith((CHECKOUT + "@", "./")):
             repo_ref, folder = offline_action(work / "offline-actions", uses)
@@ -324,6 +325,19 @@ def act_command(
     for key, value in inputs.items():
         command += ["--input", f"{key}={value}"]
     return command
+
+
+def job_environment() -> dict[str, str]:
+    """What every act job inherits from this run: the virtualenv running the engine (so a job's
+    `make bootstrap` reuses it instead of installing ~1 GB into each act workspace; the
+    Makefile's BOOTSTRAPPED), and ENGINE_WHEELS for a repository bootstrapped before the engine
+    is on the package index."""
+    env = {}
+    if sys.prefix != sys.base_prefix:
+        env.update(VENV=sys.prefix, BOOTSTRAPPED="yes")
+    if os.environ.get("ENGINE_WHEELS"):
+        env["ENGINE_WHEELS"] = str(Path(os.environ["ENGINE_WHEELS"]).resolve())
+    return env
 
 
 def local_root(root: Path) -> Path:

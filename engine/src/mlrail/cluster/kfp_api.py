@@ -364,17 +364,6 @@ class KfpPipelines:
 
 # --- the runner's cluster branch ------------------------------------------------------------
 
-RUN_TIMEOUT_VAR = "MLOPS_RUN_TIMEOUT"  # seconds a pipeline run may take (default one hour)
-
-
-def run_timeout() -> float:
-    raw = os.environ.get(RUN_TIMEOUT_VAR, "3600")
-    try:
-        return float(raw)
-    except ValueError:
-        raise ClusterCallError(f"{RUN_TIMEOUT_VAR}={raw!r}; expected a number of seconds") from None
-
-
 def _run_name(pipeline: str, env: Environment, version: str, arguments: dict[str, Any]) -> str:
     # Same pipeline version and arguments => same name => a rerun waits for / reuses that run.
     digest = hashlib.sha256(json.dumps(arguments, sort_keys=True).encode()).hexdigest()[:8]
@@ -404,18 +393,20 @@ def run_compiled(
         arguments,
         run_name=name,
         experiment=env.namespace,
-        timeout=run_timeout(),
+        timeout=env.timeouts.run_s,  # timeouts.run_s in config/environments.yaml
         pipeline_root=f"{env.cluster.artifact_root.rstrip('/')}/pipeline-root",
     )
     return kfp, run
 
 
-def run_features(env: Environment, pipelines: dict, test_fraction: float = 0.2, seed: int = 42):
-    """The feature pipeline on the cluster; the snapshot digest is computed from the artifact."""
+def run_features(env: Environment, pipelines: dict, parameters: dict[str, Any]):
+    """The feature pipeline on the cluster; the snapshot digest is computed from the artifact.
+
+    `parameters`: the full, typed set the runner bound (mlrail.runner.bind)."""
     from ..runner import FeatureRun
 
     started = time.perf_counter()
-    kfp, run = run_compiled(env, pipelines, "features", {"test_fraction": test_fraction, "seed": seed})
+    kfp, run = run_compiled(env, pipelines, "features", dict(parameters))
     data = kfp.read_artifact(run.artifact_id("features"))
     return FeatureRun(
         env=env.name,
@@ -423,15 +414,18 @@ def run_features(env: Environment, pipelines: dict, test_fraction: float = 0.2, 
         snapshot="sha256:" + hashlib.sha256(data).hexdigest(),
         rows=max(0, data.count(b"\n") - 1),  # CSV rows under the header
         seconds=round(time.perf_counter() - started, 3),
+        params=dict(parameters),
     )
 
 
-def run_training(env: Environment, pipelines: dict, features_uri: str, c: float = 1.0, max_iter: int = 1000, seed: int = 42):
-    """The training pipeline on the cluster: the model URI and the metrics the evaluate step wrote."""
+def run_training(env: Environment, pipelines: dict, features_uri: str, parameters: dict[str, Any]):
+    """The training pipeline on the cluster: the model URI and the metrics the evaluate step wrote.
+
+    `parameters`: the full, typed set the runner bound (mlrail.runner.bind)."""
     from ..runner import TrainingRun
 
     started = time.perf_counter()
-    arguments = {"features_uri": features_uri, "c": c, "max_iter": max_iter, "seed": seed}
+    arguments = {"features_uri": features_uri, **parameters}
     kfp, run = run_compiled(env, pipelines, "training", arguments)
     metrics = json.loads(kfp.read_artifact(run.artifact_id("metrics")))
     imported = [key for key, uri in run.outputs.items() if uri == features_uri]
@@ -442,7 +436,7 @@ def run_training(env: Environment, pipelines: dict, features_uri: str, c: float 
         model_uri=run.output("model"),
         metrics={key: float(value) for key, value in metrics.items()},
         snapshot="sha256:" + hashlib.sha256(snapshot_data).hexdigest() if imported else "unknown",
-        params={"c": c, "max_iter": max_iter, "seed": seed},
+        params=dict(parameters),
         seconds=round(time.perf_counter() - started, 3),
     )
 

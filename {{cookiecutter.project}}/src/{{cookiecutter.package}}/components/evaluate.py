@@ -11,7 +11,7 @@ def evaluate_model(model, frame: pd.DataFrame) -> dict[str, float]:
     test = frame[frame[SPLIT] == "test"]
     if test.empty:
         raise ValueError("the features hold no test rows; check test_fraction")
-    features = test[feature_columns(frame)].to_numpy()
+    features = test[feature_columns(frame)]
     truth = test[TARGET].to_numpy()
     predicted = model.predict(features)
     scores = model.predict_proba(features)[:, 1]

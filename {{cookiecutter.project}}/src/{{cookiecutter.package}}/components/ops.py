@@ -34,19 +34,22 @@ def train(
     max_iter: int = 1000,
     seed: int = 42,
 ):
-    """Train on the feature snapshot and save the model directory."""
+    """Train on the feature snapshot and save it as an MLflow model directory (signature + input example)."""
     import pandas as pd
 
     from {{ cookiecutter.package }}.components.train import save_model, train_model
 
-    fitted = train_model(pd.read_csv(features.path), c=c, max_iter=max_iter, seed=seed)
-    save_model(fitted, model.path)
-    model.metadata.update({"framework": "sklearn", "snapshot": features.metadata.get("snapshot", "unknown")})
+    frame = pd.read_csv(features.path)
+    fitted = train_model(frame, c=c, max_iter=max_iter, seed=seed)
+    save_model(fitted, model.path, frame)
+    model.metadata.update(
+        {"format": "mlflow", "framework": "sklearn", "snapshot": features.metadata.get("snapshot", "unknown")}
+    )
 
 
 @dsl.component(base_image=BASE_IMAGE, install_kfp_package=False)
 def evaluate(features: Input[Dataset], model: Input[Model], metrics: Output[Metrics]):
-    """Score the model on the test split; the metrics file is what registration reads."""
+    """Load the MLflow model back and score it on the test split; the metrics file is what registration reads."""
     import json
 
     import pandas as pd

@@ -1,4 +1,4 @@
-"""CLI commands: lifecycle — sandbox, staging, promote, production, rollback, prs, merge, status.
+"""Lifecycle commands: sandbox, staging, promote, production, rollback, prs, merge, status.
 
 Each flow prints its steps as a markdown table (also the GitHub job summary's format), then what
 it produced; `--json` prints the whole report instead, for scripts and the demo.
@@ -6,10 +6,12 @@ it produced; `--json` prints the whole report instead, for scripts and the demo.
 
 from __future__ import annotations
 
-import argparse
 import json
+from typing import Annotated, Literal
 
-from ..config import Config
+import typer
+
+from ._app import JsonFlag, ParamOption, command, load_config, parameters
 
 PR_COLUMNS = ["pr", "state", "branch", "title", "files"]
 
@@ -50,48 +52,65 @@ def _print_report(report, as_json: bool) -> None:
     )
 
 
-def _run_flow(fn, args: argparse.Namespace, *fn_args, **fn_kwargs) -> int:
+def _run_flow(fn, as_json: bool, *fn_args, **fn_kwargs) -> int:
     from ..promotion import GateFailure
 
     try:
         report = fn(*fn_args, **fn_kwargs)
     except GateFailure as exc:
-        _print_report(exc.report, args.json)
+        _print_report(exc.report, as_json)
         raise
-    _print_report(report, args.json)
+    _print_report(report, as_json)
     return 0
 
 
-def cmd_sandbox(args: argparse.Namespace, cfg: Config) -> int:
+@command("sandbox", "train in the sandbox and register the model there (an experiment)")
+def sandbox_cmd(param: ParamOption = None, as_json: JsonFlag = False) -> int:
     from .. import promotion
     from ..console import progress
 
+    overrides = parameters(param)
+    cfg = load_config()
     progress("sandbox: features, training, store, register")
-    return _run_flow(promotion.run_sandbox, args, cfg, c=args.c)
+    return _run_flow(promotion.run_sandbox, as_json, cfg, overrides)
 
 
-def cmd_staging(args: argparse.Namespace, cfg: Config) -> int:
+@command("staging", "staging flow: compile, train, register, serve + smoke the test endpoint, gates, promotion PR")
+def staging_cmd(param: ParamOption = None, as_json: JsonFlag = False) -> int:
     from .. import promotion
     from ..console import progress
 
+    overrides = parameters(param)
+    cfg = load_config()
     progress("staging: compile, train, register, serve the test endpoint, smoke, gates, promotion PR")
-    return _run_flow(promotion.run_staging, args, cfg, c=args.c)
+    return _run_flow(promotion.run_staging, as_json, cfg, overrides)
 
 
-def cmd_production(args: argparse.Namespace, cfg: Config) -> int:
+@command(
+    "production", "production flow (on merge): converge production to main — retrain/copy, verify, register, serve"
+)
+def production_cmd(as_json: JsonFlag = False) -> int:
     from .. import promotion
     from ..console import progress
 
+    cfg = load_config()
     what = "retrain the promoted pipeline, " if cfg.promotion == "retrain" else "copy the promoted model, "
     progress(f"production: {what}verify, register, champion, serve")
-    return _run_flow(promotion.run_production, args, cfg)
+    return _run_flow(promotion.run_production, as_json, cfg)
 
 
-def cmd_promote(args: argparse.Namespace, cfg: Config) -> int:
+@command("promote", "open or update the promotion PR for staging's validated challenger")
+def promote_cmd(
+    again: Annotated[
+        bool, typer.Option("--again", help="propose a candidate that was rolled back or rejected")
+    ] = False,
+    as_json: JsonFlag = False,
+) -> int:
     from .. import promotion
 
-    pr, note = promotion.open_promotion(cfg, again=args.again)
-    if args.json:
+    cfg = load_config()
+    pr, note = promotion.open_promotion(cfg, again=again)
+    if as_json:
         print(json.dumps({"pull_request": pr.to_dict() if pr else None, "note": note}, indent=2, sort_keys=True))
     else:
         print(note)
@@ -100,11 +119,13 @@ def cmd_promote(args: argparse.Namespace, cfg: Config) -> int:
     return 0
 
 
-def cmd_rollback(args: argparse.Namespace, cfg: Config) -> int:
+@command("rollback", "open a PR reverting production's release to the model served before")
+def rollback_cmd(as_json: JsonFlag = False) -> int:
     from .. import promotion
 
+    cfg = load_config()
     pr, target = promotion.open_rollback(cfg)
-    if args.json:
+    if as_json:
         print(json.dumps({"pull_request": pr.to_dict(), "target": target.to_data()}, indent=2, sort_keys=True))
     else:
         print(f"PR #{pr.number} {pr.branch}: {pr.title}\n\n{pr.body}")
@@ -116,12 +137,17 @@ def _pr_row(pr) -> dict:
     return {"pr": f"#{pr.number}", "state": pr.state, "branch": pr.branch, "title": pr.title, "files": len(pr.files)}
 
 
-def cmd_prs(args: argparse.Namespace, cfg: Config) -> int:
+@command("prs", "list pull requests (local backend: .mlops/pulls.json)")
+def prs_cmd(
+    state: Annotated[Literal["open", "merged", "closed"] | None, typer.Option(help="only this state")] = None,
+    as_json: JsonFlag = False,
+) -> int:
     from .. import gitops
     from ..console import table
 
-    pulls = gitops.pull_requests(cfg).list(args.state)
-    if args.json:
+    cfg = load_config()
+    pulls = gitops.pull_requests(cfg).list(state)
+    if as_json:
         print(json.dumps([pr.to_dict() for pr in pulls], indent=2, sort_keys=True))
     elif not pulls:
         print("no pull requests yet")
@@ -130,76 +156,45 @@ def cmd_prs(args: argparse.Namespace, cfg: Config) -> int:
     return 0
 
 
-def cmd_merge(args: argparse.Namespace, cfg: Config) -> int:
+@command("merge", "merge a local pull request into main and fast-forward the checkout")
+def merge_cmd(
+    pr: Annotated[int, typer.Option("--pr", help="pull request number")],
+    as_json: JsonFlag = False,
+) -> int:
     from .. import gitops
     from ..console import progress
 
+    cfg = load_config()
     if gitops.backend_name(cfg) != "local":
         raise gitops.GitOpsError("`merge` merges local pull requests only; merge on the code host instead")
-    pr = gitops.pull_requests(cfg).merge(args.pr)
-    progress(f"merged #{pr.number} ({pr.branch}) into {pr.base}; the checkout is fast-forwarded")
-    if args.json:
-        print(json.dumps(pr.to_dict(), indent=2, sort_keys=True))
+    merged = gitops.pull_requests(cfg).merge(pr)
+    progress(f"merged #{merged.number} ({merged.branch}) into {merged.base}; the checkout is fast-forwarded")
+    if as_json:
+        print(json.dumps(merged.to_dict(), indent=2, sort_keys=True))
     else:
-        changes_production = any(path.startswith(cfg.env("production").overlay) for path in pr.files)
-        print(f"#{pr.number} merged: {pr.title}")
+        changes_production = any(path.startswith(cfg.env("production").overlay) for path in merged.files)
+        print(f"#{merged.number} merged: {merged.title}")
         if changes_production:
             print("production changed on main: run `make production` (the production workflow) to converge")
     return 0
 
 
-def cmd_status(args: argparse.Namespace, cfg: Config) -> int:
+@command("status", "per environment: registry versions, aliases, the overlay's release, endpoint")
+def status_cmd(as_json: JsonFlag = False) -> int:
     from .. import gitops, promotion
     from ..console import table
 
+    cfg = load_config()
     rows = promotion.environment_status(cfg)
     open_prs = gitops.pull_requests(cfg).list("open") if (cfg.root / ".git").exists() else []
-    if args.json:
+    if as_json:
         print(json.dumps({"environments": rows, "open_pull_requests": [p.to_dict() for p in open_prs]}, indent=2))
         return 0
     print(f"## {cfg.project} ({cfg.promotion})\n")
-    print(table(rows, ["env", "versions", "champion", "challenger", "model.yaml", "endpoint"]))
+    # The scalar fields (env, versions, aliases, release, endpoint); the registry detail is for --json.
+    columns = [key for key, value in rows[0].items() if not isinstance(value, list | dict)] if rows else ["env"]
+    print(table(rows, columns))
     if open_prs:
         print("\n### open pull requests\n")
         print(table([_pr_row(pr) for pr in open_prs], PR_COLUMNS))
     return 0
-
-
-def register(add) -> None:
-    """Add this area's subcommands with `add(name, handler, help)`."""
-    sub = add("sandbox", cmd_sandbox, "train in the sandbox and register the model there (an experiment)")
-    sub.add_argument("--c", type=float, help="regularisation strength (default: 1.0)")
-    sub.add_argument("--json", action="store_true", help="print the flow report as JSON")
-
-    sub = add(
-        "staging",
-        cmd_staging,
-        "staging flow: compile, train, register, serve + smoke the test endpoint, gates, promotion PR",
-    )
-    sub.add_argument("--c", type=float, help="regularisation strength (default: 1.0)")
-    sub.add_argument("--json", action="store_true", help="print the flow report as JSON")
-
-    sub = add("promote", cmd_promote, "open or update the promotion PR for staging's validated challenger")
-    sub.add_argument("--again", action="store_true", help="propose a candidate that was rolled back or rejected")
-    sub.add_argument("--json", action="store_true", help="print the pull request as JSON")
-
-    sub = add(
-        "production",
-        cmd_production,
-        "production flow (on merge): converge production to main — retrain/copy, verify, register, serve",
-    )
-    sub.add_argument("--json", action="store_true", help="print the flow report as JSON")
-
-    sub = add("rollback", cmd_rollback, "open a PR reverting production's model.yaml to the model served before")
-    sub.add_argument("--json", action="store_true", help="print the pull request as JSON")
-
-    sub = add("prs", cmd_prs, "list pull requests (local backend: .mlops/pulls.json)")
-    sub.add_argument("--state", choices=("open", "merged", "closed"), help="only this state")
-    sub.add_argument("--json", action="store_true", help="print them as JSON")
-
-    sub = add("merge", cmd_merge, "merge a local pull request into main and fast-forward the checkout")
-    sub.add_argument("--pr", type=int, required=True, help="pull request number")
-    sub.add_argument("--json", action="store_true", help="print the merged pull request as JSON")
-
-    sub = add("status", cmd_status, "per environment: registry versions, aliases, model.yaml, endpoint")
-    sub.add_argument("--json", action="store_true", help="print it as JSON")
