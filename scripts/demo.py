@@ -395,7 +395,7 @@ def run_story(story: Story, skip_check: bool = False) -> None:
         },
         "rollback": {
             "pull_request": {key: rollback["pull_request"][key] for key in ("number", "branch", "files")},
-            "target_digest": rollback["target"]["digest"],
+            "target_digest": rollback["target"]["modelDigest"],
             "production_served_digest": after["endpoint"]["digest"],
             "prediction": rolled_back_prediction,
         },

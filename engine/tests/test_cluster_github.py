@@ -7,12 +7,12 @@ import subprocess
 import time
 
 import pytest
-from sim import SilentServer
-from sim.github_api import APP_LOGIN, GitHubEmulator, seed_repository
 
 from mlrail import gitops
 from mlrail.cluster.github import GitHubError, GitHubPullRequests, repository_from_environment
 from mlrail.cluster.http import Retry, Timeouts
+from sim import SilentServer
+from sim.github_api import APP_LOGIN, GitHubEmulator, seed_repository
 
 TOKEN = "ghs_test-installation-token"  # what actions/create-github-app-token hands out
 REVIEWER = "ghp_reviewer-token"
@@ -109,7 +109,9 @@ def test_list_follows_pagination_and_maps_states(github):
     assert {pr.number: pr.state for pr in prs.list()} == {1: "open", 2: "closed", 3: "merged", 4: "open", 5: "open"}
     assert [pr.number for pr in prs.list("merged")] == [3]
     assert prs.find_open("b4").title == "PR 4" and prs.find_open("b2") is None
-    assert any("page=3" in "&".join(f"{k}={v[0]}" for k, v in r.query.items()) for r in emulator.calls("GET", r"/pulls$"))
+    assert any(
+        "page=3" in "&".join(f"{k}={v[0]}" for k, v in r.query.items()) for r in emulator.calls("GET", r"/pulls$")
+    )
     with pytest.raises(GitHubError, match="state 'draft' is unknown"):
         prs.list("draft")
 
@@ -127,7 +129,9 @@ def test_merge_refuses_a_moved_branch_and_closed_or_merged_prs_are_final(github)
         return raw
 
     prs._get_raw = moved_after_read
-    with pytest.raises(GitHubError, match=r"merging pull request #1 in my-org/churn-classifier failed: 409 Head branch"):
+    with pytest.raises(
+        GitHubError, match=r"merging pull request #1 in my-org/churn-classifier failed: 409 Head branch"
+    ):
         prs.merge(1)
     prs._get_raw = real_get
     assert emulator.show("main", RELEASE) == "model:\n  version: none\n"  # nothing merged

@@ -10,9 +10,9 @@ import time
 from types import SimpleNamespace
 
 import pytest
-from sim import LocalServer, SilentServer, closed_port
 
 from mlrail.cluster.http import ClusterCallError, JsonApi, Retry, Timeouts, deadline, remaining
+from sim import LocalServer, SilentServer, closed_port
 
 __all__ = ["NO_WAIT", "FAST", "LocalServer", "closed_port"]
 
@@ -117,7 +117,9 @@ def test_one_slow_answer_is_cut_at_the_read_timeout():
 
     with LocalServer(slow) as server:
         api = JsonApi("Argo CD", "staging", server.url, timeouts=Timeouts(0.5, 0.2, 5.0), retry=Retry(attempts=1))
-        with pytest.raises(ClusterCallError, match=r"Argo CD \(staging\) GET http://127\.0\.0\.1:\d+/slow failed: timed"):
+        with pytest.raises(
+            ClusterCallError, match=r"Argo CD \(staging\) GET http://127\.0\.0\.1:\d+/slow failed: timed"
+        ):
             api.json("GET", "/slow")
 
 

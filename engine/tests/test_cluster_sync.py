@@ -12,14 +12,14 @@ import time
 import pytest
 import requests
 import yaml
-from sim import LocalServer, SilentServer, closed_port
-from sim.argocd import Application, ArgoCdEmulator, KServeEmulator
-from sim.github_api import git, seed_repository
 
 from mlrail import config
 from mlrail.cluster import sync
 from mlrail.cluster.http import ClusterCallError, Retry, Timeouts
 from mlrail.release import read_release, write_release
+from sim import LocalServer, SilentServer, closed_port
+from sim.argocd import Application, ArgoCdEmulator, KServeEmulator
+from sim.github_api import git, seed_repository
 
 TOKEN = "argocd-test-token"
 APP = "churn-classifier-production"
@@ -69,7 +69,10 @@ def commit(bare, files: dict[str, str], message: str = "change") -> str:
 def argocd(tmp_path):
     bare = tmp_path / "origin.git"
     seed_repository(bare, {f"{OVERLAY}/kustomization.yaml": KUSTOMIZATION, f"{OVERLAY}/release.yaml": RELEASE % 1})
-    apps = [Application(APP, OVERLAY, "churn-classifier-production"), Application("churn-classifier-staging", OVERLAY, "s")]
+    apps = [
+        Application(APP, OVERLAY, "churn-classifier-production"),
+        Application("churn-classifier-staging", OVERLAY, "s"),
+    ]
     with ArgoCdEmulator(bare, apps, KServeEmulator(tmp_path / "kserve"), tokens={TOKEN}) as emulator:
         yield emulator
 
@@ -85,9 +88,13 @@ def test_sync_posts_the_revision_and_waits_for_synced_and_healthy(argocd):
     result = _argo(argocd).sync(APP, first, timeout=10)
     assert (result.method, result.target, result.revision, result.detail) == ("argocd", APP, first, "Synced, Healthy")
     # rendered at the synced revision, not at main's head
-    assert argocd.apps[APP].live[("ConfigMap", "churn-classifier-production", "release")]["data"] == {"modelVersion": "1"}
+    assert argocd.apps[APP].live[("ConfigMap", "churn-classifier-production", "release")]["data"] == {
+        "modelVersion": "1"
+    }
     _argo(argocd).sync(APP, second, timeout=10)
-    assert argocd.apps[APP].live[("ConfigMap", "churn-classifier-production", "release")]["data"] == {"modelVersion": "2"}
+    assert argocd.apps[APP].live[("ConfigMap", "churn-classifier-production", "release")]["data"] == {
+        "modelVersion": "2"
+    }
     assert argocd.syncs == [(APP, first), (APP, second)]
     assert {token for _, _, token in argocd.requests} == {TOKEN}
 
@@ -96,7 +103,10 @@ def test_an_operation_in_progress_is_waited_for(argocd):
     argocd.sync_delay_s = 0.5
     head = git(argocd.bare, "rev-parse", "main")
     requests.post(
-        f"{argocd.url}/api/v1/applications/{APP}/sync", json={"revision": head}, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=5
+        f"{argocd.url}/api/v1/applications/{APP}/sync",
+        json={"revision": head},
+        headers={"Authorization": f"Bearer {TOKEN}"},
+        timeout=5,
     ).raise_for_status()  # an auto-sync already running
     assert _argo(argocd).sync(APP, head, timeout=10).detail == "Synced, Healthy"
     posts = [path for method, path, _ in argocd.requests if method == "POST"]
@@ -108,7 +118,9 @@ def test_a_broken_overlay_fails_the_sync_naming_the_application(argocd):
     with pytest.raises(sync.SyncError) as caught:
         _argo(argocd).sync(APP, broken, timeout=10)
     message = str(caught.value)
-    assert f"Argo CD (production) {argocd.url} application {APP}: sync to {broken[:12]} failed: ComparisonError" in message
+    assert (
+        f"Argo CD (production) {argocd.url} application {APP}: sync to {broken[:12]} failed: ComparisonError" in message
+    )
 
 
 def test_an_inference_service_that_cannot_load_is_degraded(argocd):
@@ -170,7 +182,9 @@ def test_status_polls_that_hang_end_at_the_wait_deadline():
 
 
 def test_an_application_the_token_may_not_sync_is_reported(argocd):
-    with pytest.raises(ClusterCallError, match=r"Argo CD \(production\) POST .*/sandbox-app/sync answered 403: permission denied"):
+    with pytest.raises(
+        ClusterCallError, match=r"Argo CD \(production\) POST .*/sandbox-app/sync answered 403: permission denied"
+    ):
         _argo(argocd).sync("sandbox-app", "abc", timeout=1)
     with pytest.raises(ClusterCallError, match=r"answered 401: invalid session"):
         sync.ArgoCd("production", argocd.url, "stale", timeouts=FAST, retry=NO_WAIT).application(APP)
@@ -195,7 +209,11 @@ def test_sync_of_a_cluster_environment_goes_through_argocd(argocd, monkeypatch, 
     overlay = project_copy / "deploy/overlays/staging"
     current = read_release(overlay)
     model = dataclasses.replace(
-        current.model, version="3", digest="sha256:" + "a" * 64, storage_uri="s3://staging/m/3", source=f"staging:{current.model.name}/3"
+        current.model,
+        version="3",
+        digest="sha256:" + "a" * 64,
+        storage_uri="s3://staging/m/3",
+        source=f"staging:{current.model.name}/3",
     )
     write_release(overlay, dataclasses.replace(current, model=model))
     cfg = config.load()

@@ -14,15 +14,15 @@ import pandas as pd
 import pytest
 from mlflow.models import infer_signature
 from moto.server import ThreadedMotoServer
-from sim import closed_port
-from sim.argocd import Application, ArgoCdEmulator, KServeEmulator, applications_from_repository, s3_downloader
-from sim.github_api import git, seed_repository
 from sklearn.linear_model import LogisticRegression
 
 from mlrail import serving
 from mlrail.artifacts import directory_digest
 from mlrail.cluster import sync
 from mlrail.cluster.http import Timeouts
+from sim import closed_port
+from sim.argocd import Application, ArgoCdEmulator, KServeEmulator, applications_from_repository, s3_downloader
+from sim.github_api import git, seed_repository
 
 pytestmark = pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl renders the overlays")
 
@@ -91,7 +91,9 @@ def test_sync_serves_the_storage_uri_named_at_the_synced_revision(s3, tmp_path, 
     first_dir, second_dir = _model(tmp_path / "m1", flip=False), _model(tmp_path / "m2", flip=True)
     first_uri, second_uri = _upload(client, first_dir, "churn/1"), _upload(client, second_dir, "churn/2")
     bare = tmp_path / "origin.git"
-    seed_repository(bare, {f"{OVERLAY}/kustomization.yaml": KUSTOMIZATION, f"{OVERLAY}/isvc.yaml": ISVC % (1, first_uri)})
+    seed_repository(
+        bare, {f"{OVERLAY}/kustomization.yaml": KUSTOMIZATION, f"{OVERLAY}/isvc.yaml": ISVC % (1, first_uri)}
+    )
     first = git(bare, "rev-parse", "main")
     kserve = KServeEmulator(tmp_path / "kserve", downloaders={"s3": s3_downloader(url)})
     app = Application("churn-classifier-staging", OVERLAY, NAMESPACE)
@@ -110,7 +112,12 @@ def test_sync_serves_the_storage_uri_named_at_the_synced_revision(s3, tmp_path, 
         blob = git(bare, "hash-object", "-w", "--stdin", input_text=ISVC % (2, second_uri))
         git(bare, "update-index", "--cacheinfo", f"100644,{blob},{OVERLAY}/isvc.yaml", env=index_env)
         tree = git(bare, "write-tree", env=index_env)
-        ident = {"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@x", "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@x"}
+        ident = {
+            "GIT_AUTHOR_NAME": "t",
+            "GIT_AUTHOR_EMAIL": "t@x",
+            "GIT_COMMITTER_NAME": "t",
+            "GIT_COMMITTER_EMAIL": "t@x",
+        }
         second = git(bare, "commit-tree", tree, "-p", first, "-m", "promote v2", env=ident)
         git(bare, "update-ref", "refs/heads/main", second)
         assert client_argo.sync(app.name, second, timeout=120).url
@@ -124,7 +131,9 @@ def test_sync_serves_the_storage_uri_named_at_the_synced_revision(s3, tmp_path, 
         blob = git(bare, "hash-object", "-w", "--stdin", input_text=missing)
         git(bare, "update-index", "--cacheinfo", f"100644,{blob},{OVERLAY}/isvc.yaml", env=index_env)
         third = git(bare, "commit-tree", git(bare, "write-tree", env=index_env), "-p", second, "-m", "v3", env=ident)
-        with pytest.raises(sync.SyncError, match=r"Degraded: InferenceService/churn-classifier: .*No model found in s3://"):
+        with pytest.raises(
+            sync.SyncError, match=r"Degraded: InferenceService/churn-classifier: .*No model found in s3://"
+        ):
             client_argo.sync(app.name, third, timeout=120)
 
 

@@ -8,6 +8,7 @@ import subprocess
 
 import pytest
 import requests
+
 from sim.github_api import APP_LOGIN, GitHubEmulator, git, seed_repository
 
 APP = "ghs_app-installation-token"
@@ -71,7 +72,13 @@ def test_branches_are_real_refs_and_the_data_api_writes_real_objects(gh):
 def test_pull_request_files_come_from_git_diff_and_a_merge_is_a_real_merge(gh):
     branch(gh, "feature", {"a.txt": "changed\n", "new.txt": "n\n"})
     pr = call(gh, "POST", "/pulls", json={"title": "T", "body": "B", "head": "feature", "base": "main"}).json()
-    assert (pr["number"], pr["state"], pr["head"]["ref"], pr["base"]["ref"], pr["mergeable"]) == (1, "open", "feature", "main", True)
+    assert (pr["number"], pr["state"], pr["head"]["ref"], pr["base"]["ref"], pr["mergeable"]) == (
+        1,
+        "open",
+        "feature",
+        "main",
+        True,
+    )
     files = call(gh, "GET", "/pulls/1/files").json()
     assert [(f["filename"], f["status"]) for f in files] == [("a.txt", "modified"), ("new.txt", "added")]
     duplicate = call(gh, "POST", "/pulls", json={"title": "T", "head": "feature", "base": "main"})
@@ -86,7 +93,9 @@ def test_pull_request_files_come_from_git_diff_and_a_merge_is_a_real_merge(gh):
     assert call(gh, "GET", "/pulls/1/merge").status_code == 204
     assert [f["filename"] for f in call(gh, "GET", "/pulls/1/files").json()] == ["a.txt", "new.txt"]
     nothing = call(gh, "POST", "/pulls", json={"title": "T", "head": "feature", "base": "main"})
-    assert nothing.status_code == 422 and "No commits between main and feature" in nothing.json()["errors"][0]["message"]
+    assert (
+        nothing.status_code == 422 and "No commits between main and feature" in nothing.json()["errors"][0]["message"]
+    )
 
 
 def test_a_push_to_the_bare_repository_and_a_rename_show_in_the_files(gh, tmp_path):

@@ -247,9 +247,7 @@ def applications_from_repository(bare: Path, ref: str = "main", folder: str = "d
             template = (doc.get("spec") or {}).get("template") or {}
             for generator in (doc.get("spec") or {}).get("generators") or []:
                 for element in (generator.get("list") or {}).get("elements") or []:
-                    text = re.sub(
-                        r"\{\{\s*\.(\w+)\s*\}\}", lambda m, e=element: str(e[m[1]]), json.dumps(template)
-                    )
+                    text = re.sub(r"\{\{\s*\.(\w+)\s*\}\}", lambda m, e=element: str(e[m[1]]), json.dumps(template))
                     filled = json.loads(text)
                     add(filled.get("spec") or {}, filled["metadata"]["name"])
     return apps
@@ -353,7 +351,11 @@ class ArgoCdEmulator:
 
     def _application_json(self, app: Application) -> dict[str, Any]:
         status: dict[str, Any] = {
-            "sync": {"status": app.sync_status, "revision": app.sync_revision, "comparedTo": {"source": self._source(app)}},
+            "sync": {
+                "status": app.sync_status,
+                "revision": app.sync_revision,
+                "comparedTo": {"source": self._source(app)},
+            },
             "health": {"status": app.health, **({"message": app.health_message} if app.health_message else {})},
             "resources": app.resources,
             "history": app.history,
@@ -363,7 +365,11 @@ class ArgoCdEmulator:
             status["operationState"] = app.operation
         return {
             "metadata": {"name": app.name, "namespace": "argocd"},
-            "spec": {"project": app.project, "source": self._source(app), "destination": {"server": "https://kubernetes.default.svc", "namespace": app.namespace}},
+            "spec": {
+                "project": app.project,
+                "source": self._source(app),
+                "destination": {"server": "https://kubernetes.default.svc", "namespace": app.namespace},
+            },
             "status": status,
         }
 
@@ -406,7 +412,9 @@ class ArgoCdEmulator:
             check=False,
         )
         if resolved.returncode != 0:
-            return self._finish(app, "Error", f"rpc error: code = Unknown desc = unable to resolve '{revision}' to a commit SHA")
+            return self._finish(
+                app, "Error", f"rpc error: code = Unknown desc = unable to resolve '{revision}' to a commit SHA"
+            )
         sha = resolved.stdout.strip()
         self.syncs.append((app.name, sha))
         try:
@@ -423,7 +431,11 @@ class ArgoCdEmulator:
             doc.setdefault("metadata", {})["namespace"] = namespace if kind != "Namespace" else None
             group, _, version = doc.get("apiVersion", "v1").rpartition("/")
             applied[(kind, namespace, meta.get("name", ""))] = doc
-            health = "Progressing" if kind == "InferenceService" else ("Healthy" if kind in ("Deployment", "Namespace", "Service") else None)
+            health = (
+                "Progressing"
+                if kind == "InferenceService"
+                else ("Healthy" if kind in ("Deployment", "Namespace", "Service") else None)
+            )
             resources.append(
                 {
                     "group": group,
@@ -442,7 +454,9 @@ class ArgoCdEmulator:
                 app.live.pop(key, None)
             app.resources, app.sync_status, app.sync_revision = resources, "Synced", sha
             app.health, app.health_message = "Progressing", ""
-            app.history.append({"id": len(app.history), "revision": sha, "deployedAt": _now(), "source": self._source(app)})
+            app.history.append(
+                {"id": len(app.history), "revision": sha, "deployedAt": _now(), "source": self._source(app)}
+            )
         self._finish(app, "Succeeded", "successfully synced (all tasks run)", sha)
         for kind, namespace, name in removed:
             if kind == "InferenceService":
@@ -457,7 +471,10 @@ class ArgoCdEmulator:
             for res in resources:
                 if (res["kind"], res["namespace"], res["name"]) == (kind, namespace, name):
                     healthy = ready.get("status") == "True"
-                    res["health"] = {"status": "Healthy" if healthy else "Degraded", **({} if healthy else {"message": ready.get("message", "")})}
+                    res["health"] = {
+                        "status": "Healthy" if healthy else "Degraded",
+                        **({} if healthy else {"message": ready.get("message", "")}),
+                    }
                     if not healthy:
                         degraded.append(f"{kind}/{name}: {ready.get('message', '')}")
         with self._lock:

@@ -182,7 +182,9 @@ class GitHubEmulator:
 
     def calls(self, method: str | None = None, pattern: str = "") -> list[Recorded]:
         return [
-            r for r in self.requests if (method is None or r.method == method) and re.search(pattern, r.path) is not None
+            r
+            for r in self.requests
+            if (method is None or r.method == method) and re.search(pattern, r.path) is not None
         ]
 
     def sha(self, ref: str) -> str | None:
@@ -404,7 +406,15 @@ class GitHubEmulator:
         sha = self.sha(f"refs/heads/{name}")
         if sha is None:
             return _error(404, "Branch not found")
-        return 200, {}, {"name": name, "commit": {"sha": sha, "url": f"{self.repo_url}/commits/{sha}"}, "protected": name == "main"}
+        return (
+            200,
+            {},
+            {
+                "name": name,
+                "commit": {"sha": sha, "url": f"{self.repo_url}/commits/{sha}"},
+                "protected": name == "main",
+            },
+        )
 
     def _get_ref(self, ref: str):
         sha = self.sha(f"refs/{ref}")
@@ -460,7 +470,14 @@ class GitHubEmulator:
                     continue
                 else:
                     blob = entry["sha"]
-                git(self.bare, "update-index", "--add", "--cacheinfo", f"{entry['mode']},{blob},{entry['path']}", env=env)
+                git(
+                    self.bare,
+                    "update-index",
+                    "--add",
+                    "--cacheinfo",
+                    f"{entry['mode']},{blob},{entry['path']}",
+                    env=env,
+                )
             sha = git(self.bare, "write-tree", env=env)
         finally:
             shutil.rmtree(index.parent, ignore_errors=True)
@@ -531,13 +548,28 @@ class GitHubEmulator:
         if invalid:
             return 422, {}, {"message": "Validation Failed", "errors": invalid, "documentation_url": DOCS}
         if any(pr.head == head and pr.base == base and pr.state == "open" for pr in self.pulls.values()):
-            errors = [{"resource": "PullRequest", "code": "custom", "message": f"A pull request already exists for {self.owner}:{head}."}]
+            errors = [
+                {
+                    "resource": "PullRequest",
+                    "code": "custom",
+                    "message": f"A pull request already exists for {self.owner}:{head}.",
+                }
+            ]
             return 422, {}, {"message": "Validation Failed", "errors": errors, "documentation_url": DOCS}
         if not git(self.bare, "rev-list", f"refs/heads/{base}..refs/heads/{head}"):
             errors = [{"resource": "PullRequest", "code": "custom", "message": f"No commits between {base} and {head}"}]
             return 422, {}, {"message": "Validation Failed", "errors": errors, "documentation_url": DOCS}
         number = len(self.pulls) + 1
-        pr = _Pull(number, data.get("title", ""), data.get("body") or "", head, base, user, _now(), draft=bool(data.get("draft")))
+        pr = _Pull(
+            number,
+            data.get("title", ""),
+            data.get("body") or "",
+            head,
+            base,
+            user,
+            _now(),
+            draft=bool(data.get("draft")),
+        )
         self.pulls[number] = pr
         return 201, {}, self._pull_json(pr)
 
@@ -626,10 +658,31 @@ class GitHubEmulator:
                 if method == "squash":
                     git(worktree, "merge", "--squash", "--quiet", head, env=env)
                     title = data.get("commit_title") or f"{pr.title} (#{pr.number})"
-                    git(worktree, "commit", "--quiet", "--allow-empty", "-m", title, "-m", data.get("commit_message") or pr.body, env=env)
+                    git(
+                        worktree,
+                        "commit",
+                        "--quiet",
+                        "--allow-empty",
+                        "-m",
+                        title,
+                        "-m",
+                        data.get("commit_message") or pr.body,
+                        env=env,
+                    )
                 else:
                     title = data.get("commit_title") or f"Merge pull request #{pr.number} from {self.owner}/{pr.head}"
-                    git(worktree, "merge", "--no-ff", "--quiet", "-m", title, "-m", data.get("commit_message") or pr.title, head, env=env)
+                    git(
+                        worktree,
+                        "merge",
+                        "--no-ff",
+                        "--quiet",
+                        "-m",
+                        title,
+                        "-m",
+                        data.get("commit_message") or pr.title,
+                        head,
+                        env=env,
+                    )
             except GitFailed:
                 return _error(405, "Merge conflict")
             merged = git(worktree, "rev-parse", "HEAD")
@@ -638,7 +691,9 @@ class GitHubEmulator:
             except GitFailed:
                 return _error(409, "Base branch was modified. Review and try the merge again.")
         finally:
-            subprocess.run(["git", "worktree", "remove", "--force", str(worktree)], cwd=self.bare, capture_output=True, check=False)
+            subprocess.run(
+                ["git", "worktree", "remove", "--force", str(worktree)], cwd=self.bare, capture_output=True, check=False
+            )
             subprocess.run(["git", "worktree", "prune"], cwd=self.bare, capture_output=True, check=False)
             shutil.rmtree(scratch, ignore_errors=True)
         now = _now()
@@ -694,7 +749,9 @@ class GitHubEmulator:
             data = request.json()
             given = data.get("labels", []) if isinstance(data, dict) else data
             names = [g["name"] if isinstance(g, dict) else str(g) for g in given]
-            pr.labels = ([] if method == "PUT" else pr.labels) + [n for n in names if n not in pr.labels or method == "PUT"]
+            pr.labels = ([] if method == "PUT" else pr.labels) + [
+                n for n in names if n not in pr.labels or method == "PUT"
+            ]
         elif method == "DELETE" and name is not None:
             if name not in pr.labels:
                 return _error(404, "Label does not exist")

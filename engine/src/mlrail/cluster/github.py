@@ -21,7 +21,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 import requests
-from github import Auth, Github, GithubException, GithubRetry, InputGitTreeElement, UnknownObjectException
+from github import Auth, Github, GithubException, GithubRetry, InputGitTreeElement
 from github.PullRequest import PullRequest as GhPullRequest
 from urllib3.exceptions import ProtocolError, ReadTimeoutError
 
@@ -78,9 +78,9 @@ class _GitHubRetry(GithubRetry):
         return self._content
 
     def increment(self, method=None, url=None, response=None, error=None, _pool=None, _stacktrace=None):  # noqa: ANN001
-        if error is not None and isinstance(error, (ReadTimeoutError, ProtocolError)):
-            if (method or "").upper() not in IDEMPOTENT:
-                raise error
+        # a write whose answer never came may have been applied: never resent
+        if isinstance(error, (ReadTimeoutError, ProtocolError)) and (method or "").upper() not in IDEMPOTENT:
+            raise error
         return super().increment(method, url, response, error, _pool, _stacktrace)
 
 
@@ -218,9 +218,7 @@ class GitHubPullRequests:
             raise GitHubError(f"pull request #{number} is closed; open a new one instead of merging it")
         if state == "open":
             # sha: GitHub refuses (409) if the branch moved after the PR was read
-            self._call(
-                f"merging pull request #{number}", raw.merge, merge_method=self.merge_method, sha=raw.head.sha
-            )
+            self._call(f"merging pull request #{number}", raw.merge, merge_method=self.merge_method, sha=raw.head.sha)
         return self.get(number)
 
     def close(self, number: int) -> PullRequest:

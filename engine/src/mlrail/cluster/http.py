@@ -26,7 +26,6 @@ import urllib3
 from requests.adapters import HTTPAdapter
 from urllib3.exceptions import (
     ConnectTimeoutError,
-    MaxRetryError,
     NameResolutionError,
     NewConnectionError,
     ReadTimeoutError,

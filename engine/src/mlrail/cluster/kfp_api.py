@@ -25,7 +25,7 @@ from typing import Any
 import yaml
 
 from ..config import Environment
-from .http import ClusterCallError, JsonApi, Retry
+from .http import ClusterCallError, JsonApi, Retry, Timeouts
 
 SUCCEEDED = "SUCCEEDED"
 FINISHED = frozenset({"SUCCEEDED", "FAILED", "SKIPPED", "CANCELED", "CANCELLED"})
@@ -351,7 +351,7 @@ class KfpPipelines:
                 f"Kubeflow Pipelines ({self.env.name}) {self.endpoint}: artifact {artifact_id} has no download URL; "
                 "enable signed URLs in the KFP API server"
             )
-        store = JsonApi("artifact store", self.env.name, url, timeout=self.request_timeout, retry=self.retry)
+        store = JsonApi("artifact store", self.env.name, url, timeouts=Timeouts(read_s=self.request_timeout), retry=self.retry)
         response = store.request("GET", url, stream=True)
         chunks, size = [], 0
         for chunk in response.iter_content(1 << 20):
@@ -363,6 +363,7 @@ class KfpPipelines:
 
 
 # --- the runner's cluster branch ------------------------------------------------------------
+
 
 def _run_name(pipeline: str, env: Environment, version: str, arguments: dict[str, Any]) -> str:
     # Same pipeline version and arguments => same name => a rerun waits for / reuses that run.

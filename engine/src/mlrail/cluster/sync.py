@@ -155,9 +155,7 @@ class ArgoCd:
                 f"syncing {env.name} through Argo CD needs {SERVER_VAR} (host[:port]) and {TOKEN_VAR} "
                 f"(the environment's Argo CD token), or {USERNAME_VAR} and {PASSWORD_VAR} of a local account"
             )
-        return cls(
-            env.name, server, token or None, username=username, password=password, timeouts=Timeouts.of(env)
-        )
+        return cls(env.name, server, token or None, username=username, password=password, timeouts=Timeouts.of(env))
 
     def session_token(self, username: str, password: str) -> str:
         """POST /api/v1/session: a session token for a local account."""
@@ -170,7 +168,9 @@ class ArgoCd:
     def application(self, name: str) -> dict:
         return self.api.json("GET", f"/api/v1/applications/{name}")
 
-    def sync(self, name: str, revision: str, timeout: float, setting: str = f"{READY_SETTING} in {SETTINGS}") -> SyncResult:
+    def sync(
+        self, name: str, revision: str, timeout: float, setting: str = f"{READY_SETTING} in {SETTINGS}"
+    ) -> SyncResult:
         """POST the sync of `revision`, then wait until the Application is synced there and healthy."""
         where = f"Argo CD ({self.env}) {self.api.base_url} application {name}"
         ends = time.monotonic() + timeout
@@ -214,9 +214,8 @@ class ArgoCd:
                         detail = f"{seen.sync_status}, {seen.health}" + (f", serving {url}" if url else "")
                         return SyncResult(self.env, "argocd", name, revision, detail, url=url)
                     if seen.health == "Degraded":
-                        raise SyncError(
-                            f"{where}: synced to {revision[:12]} but Degraded: {_health_message(app.get('status') or {})}"
-                        )
+                        reason = _health_message(app.get("status") or {})
+                        raise SyncError(f"{where}: synced to {revision[:12]} but Degraded: {reason}")
             left = ends - time.monotonic()
             if left <= 0:
                 raise SyncError(
@@ -297,7 +296,9 @@ def kubectl_apply(
     except FileNotFoundError:
         raise SyncError(f"syncing {env.name} needs kubectl on PATH (or Argo CD: deploy/argocd)") from None
     except subprocess.TimeoutExpired:
-        raise SyncError(f"{where}: `kubectl apply -k {env.overlay}` did not finish in {timeout:g}s; raise {setting}") from None
+        raise SyncError(
+            f"{where}: `kubectl apply -k {env.overlay}` did not finish in {timeout:g}s; raise {setting}"
+        ) from None
     if applied.returncode != 0:
         raise SyncError(f"{where}: `kubectl apply -k {env.overlay}` failed: {_last_line(applied.stderr)}")
     detail = f"{len(applied.stdout.splitlines())} resources applied"
