@@ -28,11 +28,11 @@ help: ## list the targets
 
 venv: $(VENV)/.installed
 
-# The template's own tools, and the engine editable with its test extra (its tests run here too).
+# The template's own tools, and the engine editable with its test extra (requirements-dev.txt).
 $(VENV)/.installed: requirements-dev.txt engine/pyproject.toml
 	@$(UV) --version >/dev/null 2>&1 || $(PYTHON) -m pip install --quiet uv
 	@test -x $(PY) || $(UV) venv --quiet --python $(PYTHON) $(VENV)
-	$(UV) pip install --quiet --python $(PY) --compile-bytecode -r requirements-dev.txt -e 'engine[test]'
+	$(UV) pip install --quiet --python $(PY) --compile-bytecode -r requirements-dev.txt
 	@touch $@
 
 engine: $(ENGINE_WHEEL) ## build the engine wheel into build/engine-dist/

@@ -32,7 +32,7 @@ import sys
 import tarfile
 import tempfile
 import time
-from contextlib import redirect_stderr, redirect_stdout
+from contextlib import contextmanager, redirect_stderr, redirect_stdout
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -96,11 +96,29 @@ def generate_once(template: Path, out: Path, config: Path, extra: dict[str, str]
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
     started = time.perf_counter()
-    with redirect_stdout(io.StringIO()), redirect_stderr(io.StringIO()):
+    with quiet():
         project = cookiecutter(
             str(template), no_input=True, output_dir=str(out), config_file=str(config), extra_context=extra or {}
         )
     return time.perf_counter() - started, Path(project)
+
+
+@contextmanager
+def quiet():
+    """Hooks run as subprocesses and print to the inherited descriptors: silence those too."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = os.dup(1), os.dup(2)
+    with open(os.devnull, "w") as null, redirect_stdout(io.StringIO()), redirect_stderr(io.StringIO()):
+        os.dup2(null.fileno(), 1)
+        os.dup2(null.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            os.close(saved[0])
+            os.close(saved[1])
 
 
 def generation_ratios(rounds: int, stacks: Path | None) -> tuple[dict[str, list[float]], dict[str, int]]:

@@ -2,7 +2,7 @@
 
 For each pattern (transit, retrain) this generates a project with the default answers into
 `build/demo/<pattern>/`, bootstraps it, runs its checks, then the lifecycle through the
-project's own CLI (each command is what one `make` target runs): a sandbox run, staging (train,
+engine's CLI, `mlrail` (each command is what one `make` target runs): a sandbox run, staging (train,
 register, test endpoint, smoke test, gates, promotion PR), the merge of the promotion PR,
 production (transit: copy; retrain: retrain, then merge the deployment PR), a prediction from the
 production endpoint over HTTP, a second promotion, and a rollback to the first model (revert PR,
@@ -83,10 +83,8 @@ class Story:
     out: Path
     log: Path
     project: Path | None = None
-    package: str = ""
     phases: list[Phase] = field(default_factory=list)
     summary: dict = field(default_factory=dict)
-    rows: list[list[float]] = field(default_factory=list)
 
     # --- running commands ------------------------------------------------------------------
 
@@ -208,10 +206,6 @@ def _generate(story: Story, cookiecutter) -> Path:
     return project
 
 
-def package_of(project: Path) -> str:
-    return json.loads((project / ".cruft.json").read_text())["context"]["cookiecutter"]["package"]
-
-
 def stop_servers(project: Path) -> None:
     """Stop every endpoint a project runs (the project's `make stop`); quiet when none runs."""
     engine = project / ".venv" / "bin" / "mlrail"
@@ -280,7 +274,6 @@ def promote_to_production(story: Story, phase: str, pr_number: int) -> tuple[dic
 def run_story(story: Story, skip_check: bool = False) -> None:
     started = time.perf_counter()
     story.project = generate(story)
-    story.package = package_of(story.project)
     story.record(
         "generate",
         f"cookiecutter --no-input . promotion={story.pattern}",

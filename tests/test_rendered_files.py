@@ -102,3 +102,16 @@ def test_makefile_is_resolved_and_every_target_is_documented(baked):
     listed = set(re.findall(r"make (\S+)", helped.stdout))
     undocumented = [target for target in phony if target not in listed]
     assert not undocumented, f"targets without a `## help` comment: {undocumented}"
+
+
+def test_readme_says_how_to_bootstrap_get_a_prediction_and_roll_back(baked):
+    """Day-one questions: the engine before it is published, a prediction, what rollback needs.
+    (The model-swap test runs the README's request line against a real endpoint.)"""
+    readme = (baked.path / "README.md").read_text()
+    project = baked.answers["project"]
+    assert "make bootstrap ENGINE_WHEELS=" in readme
+    assert "make serve ENV=" in readme and "make endpoints" in readme and "free one" in readme
+    curl = "curl -s -H 'Content-Type: application/json' -d @build/request.json http://127.0.0.1:<port>"
+    assert f"{curl}/v2/models/{project}/infer" in readme
+    assert "serving.input_example(" in readme
+    assert "Rollback needs an earlier model" in readme

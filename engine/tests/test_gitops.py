@@ -129,3 +129,48 @@ def test_backend_factory(project_copy, monkeypatch):
     monkeypatch.setenv(gitops.BACKEND_VAR, "gitea")
     with pytest.raises(GitOpsError, match="names no pull-request backend"):
         gitops.pull_requests(cfg)
+
+
+def test_merge_checks_everything_before_it_publishes(repo, pulls):
+    """Finding 6: a refused merge leaves the remote's main and the PR record as they were."""
+    remote = repo / ".mlops/remote.git"
+    pr = pulls.open_or_update("promote/a", "main", "Promote a", "body", {MODEL: "version: 1\n"})
+    before = run(remote, "rev-parse", "main")
+    (repo / MODEL).write_text("version: mine\n")  # an uncommitted, different reference
+    with pytest.raises(GitOpsError, match=r"differ from pull request #1.*nothing was merged"):
+        pulls.merge(pr.number)
+    assert run(remote, "rev-parse", "main") == before and pulls.get(pr.number).state == "open"
+    (repo / MODEL).write_text("version: none\n")
+
+    def refuse(checked):
+        assert checked.number == pr.number
+        raise GitOpsError("refused by the check")
+
+    with pytest.raises(GitOpsError, match="refused by the check"):
+        pulls.merge(pr.number, check=refuse)
+    assert run(remote, "rev-parse", "main") == before and pulls.get(pr.number).state == "open"
+    assert pulls.merge(pr.number, check=lambda checked: None).state == "merged"
+
+
+def test_a_record_that_is_a_folder_or_malformed_is_one_error(repo, pulls):
+    pulls.record.mkdir(parents=True)
+    with pytest.raises(GitOpsError, match=r"pulls.json is not a file; .* move it away"):
+        pulls.list()
+    pulls.record.rmdir()
+    pulls.record.write_text('{"pulls": {"a": 1}}')
+    with pytest.raises(GitOpsError, match="is not a pull-request record"):
+        pulls.list()
+
+
+def test_commit_order_and_file_history(repo):
+    first = run(repo, "rev-parse", "HEAD")
+    (repo / MODEL).write_text("version: 2\n")
+    run(repo, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "--quiet", "-am", "Roll back to 2")
+    second = run(repo, "rev-parse", "HEAD")
+    assert gitops.is_ancestor(repo, first, second) is True
+    assert gitops.is_ancestor(repo, second, first) is False
+    assert gitops.is_ancestor(repo, "0" * 40, first) is None  # unknown commit: no claim either way
+    log = gitops.file_log(repo, MODEL)
+    assert [(c, s) for c, s, _ in log] == [(second, "Roll back to 2"), (first, "initial")]
+    assert [text for _, _, text in log] == ["version: 2\n", "version: none\n"]
+    assert gitops.diff_paths(repo, first, second) == [MODEL]

@@ -142,7 +142,9 @@ def test_retrain_refuses_other_code_another_pipeline_or_an_uncommitted_release(p
 
     overlay = project_copy / "deploy/overlays/production"
     write_release(overlay, replace(read_release(overlay), source_digest=source.source_digest(project_copy)))
-    with pytest.raises(PromotionError, match="release.yaml has uncommitted changes"):
+    from mlrail.provenance import ProvenanceError
+
+    with pytest.raises(ProvenanceError, match="release.yaml: has uncommitted changes"):
         promotion._retrain(cfg, flow, None)
     git(project_copy, "commit", "-qam", "the real source digest")
     with pytest.raises(PromotionError, match="names pipeline sha256:020202020202 but main compiles to"):

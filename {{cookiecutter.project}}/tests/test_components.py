@@ -11,7 +11,12 @@ from {{ cookiecutter.package }}.components.features import (
     load_raw,
     write_features,
 )
-from {{ cookiecutter.package }}.components.train import EXAMPLE_ROWS, load_model, save_model, train_model
+from {{ cookiecutter.package }}.components.train import (  # one name a line: fits any package name
+    EXAMPLE_ROWS,
+    load_model,
+    save_model,
+    train_model,
+)
 
 
 @pytest.fixture(scope="module")

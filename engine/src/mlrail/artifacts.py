@@ -20,6 +20,7 @@ read timeouts and bounded retries from `timeouts:` in config.
 from __future__ import annotations
 
 import hashlib
+import importlib
 import os
 import re
 import shutil
@@ -612,7 +613,7 @@ class GCSBackend(ObjectBackend):
 
 def _gcs() -> Any:
     try:
-        from google.cloud import storage
+        storage = importlib.import_module("google.cloud.storage")
     except ImportError:
         raise ArtifactError(
             "a gs:// artifact root needs google-cloud-storage: install the engine with its gcp extra "

@@ -76,6 +76,7 @@ class Timeouts(_Strict):
     deadline_s: float = Field(30.0, gt=0, description="one logical call, retries included")
     run_s: float = Field(3600.0, gt=0, description="one pipeline run")
     ready_s: float = Field(60.0, gt=0, description="an endpoint becoming ready")
+    lock_s: float = Field(600.0, ge=0, description="waiting for another run of the same environment (0: refuse)")
 
 
 class PipelineSettings(_Strict):

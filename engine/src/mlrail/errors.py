@@ -3,4 +3,5 @@ naming the input and the expected form) and exits 1, with no traceback."""
 
 
 class MlopsError(Exception):
-    pass
+    # The CLI's exit code for this kind of mistake (docs/cli.md lists them); subclasses refine it.
+    exit_code = 1

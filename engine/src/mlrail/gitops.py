@@ -138,6 +138,26 @@ def file_history(root: Path, path: str, ref: str = "HEAD") -> list[tuple[str, st
     return [(commit, show(root, commit, path)) for commit in commits]
 
 
+def file_log(root: Path, path: str, ref: str = "HEAD") -> list[tuple[str, str, str | None]]:
+    """(commit, subject, content) of `path` at every commit that changed it, newest first."""
+    lines = git(root, "log", "--format=%H %s", ref, "--", path).splitlines()
+    entries = [line.partition(" ") for line in lines if line]
+    return [(commit, subject, show(root, commit, path)) for commit, _, subject in entries]
+
+
+def is_ancestor(root: Path, older: str, newer: str) -> bool | None:
+    """Whether `older` is an ancestor of (or equal to) `newer`; None when git does not know either commit."""
+    result = subprocess.run(
+        ["git", "merge-base", "--is-ancestor", older, newer], cwd=root, capture_output=True, check=False
+    )
+    return {0: True, 1: False}.get(result.returncode)
+
+
+def diff_paths(root: Path, base: str, head: str = "HEAD") -> list[str]:
+    """Files a change from the merge base of `base` and `head` to `head` touches (what a PR changes)."""
+    return sorted(git(root, "diff", "--name-only", f"{base}...{head}").split())
+
+
 def commit_files(root: Path, base: str, files: dict[str, str], message: str) -> tuple[str, list[str]] | None:
     """A commit on top of `base` that sets `files` (path -> text); None when nothing changes.
 
@@ -236,14 +256,21 @@ class LocalPullRequests:
             self._save(pulls)
             return PullRequest(**existing)
 
-    def merge(self, number: int) -> PullRequest:
-        """Merge into `base` in the remote, then fast-forward the local checkout."""
+    def merge(self, number: int, check: Callable[[PullRequest], None] | None = None) -> PullRequest:
+        """Merge into `base` in the remote, then fast-forward the local checkout.
+
+        `check(pr)` runs first and may raise to refuse the merge; uncommitted local edits of the
+        PR's files that differ from it refuse it too. Both before the remote or the record change."""
         with self._locked():
             pr = self.get(number)
             if pr.state == "closed":
                 raise GitOpsError(f"pull request #{number} is closed; open a new one instead of merging it")
+            if check is not None:
+                check(pr)  # e.g. the release provenance: refused before anything is published
             self._ensure_remote()
             if pr.state == "open":
+                # Everything that could stop the fast-forward is checked before the remote moves.
+                self._refuse_differing_changes(pr, pr.head)
                 pr.merge_commit = self._merge_remote(pr)
                 pr.state = "merged"
                 self._update(pr)
@@ -268,8 +295,13 @@ class LocalPullRequests:
     def _load(self) -> list[dict]:
         if not self.record.exists():
             return []
+        if not self.record.is_file():
+            raise GitOpsError(f"{self.record} is not a file; it should hold the pull-request record: move it away")
         try:
-            return json.loads(self.record.read_text())["pulls"]
+            pulls = json.loads(self.record.read_text())["pulls"]
+            if not isinstance(pulls, list) or not all(isinstance(p, dict) for p in pulls):
+                raise TypeError("pulls is not a list of records")
+            return pulls
         except (ValueError, KeyError, TypeError) as exc:
             raise GitOpsError(f"{self.record} is not a pull-request record ({exc}); fix or delete it") from None
 
@@ -422,6 +454,17 @@ class LocalPullRequests:
         changed = changed_files(self.root, local, target)
         self._clear_identical_changes(changed, target, pr.number)
         git(self.root, "merge", "--quiet", "--ff-only", target)
+
+    def _refuse_differing_changes(self, pr: PullRequest, target: str) -> None:
+        """Uncommitted local edits of the PR's files that differ from its content stop the merge."""
+        for path in uncommitted_paths(self.root, pr.files) if pr.files else []:
+            working = self.root / path
+            wanted = show(self.root, target, path)
+            if wanted is None or not working.is_file() or working.read_text() != wanted:
+                raise GitOpsError(
+                    f"{path} has uncommitted changes that differ from pull request #{pr.number}: "
+                    f"commit or discard them, then run `merge --pr {pr.number}` again (nothing was merged)"
+                )
 
     def _clear_identical_changes(self, paths: list[str], target: str, number: int) -> None:
         """Uncommitted edits equal to what the merge brings are dropped; any other edit stops the merge."""

@@ -202,6 +202,24 @@ def fault(flow: str, step: str) -> None:
         raise InjectedFault(f"injected fault after {flow} step {step!r} ({FAULT_VAR}={wanted}); rerun to converge")
 
 
+def holds(env_name: str):
+    """Run the decorated flow `fn(cfg, ...)` holding `env_name` (mlrail.locking): one run per environment
+    at a time, like the workflows' concurrency groups."""
+    import functools
+
+    def wrap(fn):
+        @functools.wraps(fn)
+        def run(cfg: Config, *args, **kwargs):
+            from .locking import environment_lock
+
+            with environment_lock(cfg.env(env_name), fn.__name__):
+                return fn(cfg, *args, **kwargs)
+
+        return run
+
+    return wrap
+
+
 # --- progress records --------------------------------------------------------------------------
 
 
@@ -590,7 +608,7 @@ def run_sandbox(cfg: Config, parameters: dict[str, Any] | None = None) -> FlowRe
     key = {"commit": commit, "pipeline": versions["pipeline"], "params": params, "run": time.time()}
     trained = _train(flow, cfg, env, params, key)
     with flow.step("store") as step:
-        stored = ArtifactStore(env).put(Path(trained["model_uri"]))
+        stored = ArtifactStore(env).put(trained["model_uri"])  # a local folder or the run's s3:// / gs:// output
         step.detail = stored.uri
     with flow.step("register") as step:
         registry = flow.registry(env, cfg.model_name)
@@ -604,6 +622,7 @@ def run_sandbox(cfg: Config, parameters: dict[str, Any] | None = None) -> FlowRe
 # --- staging ---------------------------------------------------------------------------------
 
 
+@holds("staging")
 def run_staging(
     cfg: Config,
     parameters: dict[str, Any] | None = None,
@@ -629,7 +648,7 @@ def run_staging(
     trained = _train(flow, cfg, env, params, {"commit": commit, "pipeline": versions["pipeline"], "params": params})
     store = ArtifactStore(env)
     with flow.step("store") as step:
-        stored = store.put(Path(trained["model_uri"]))
+        stored = store.put(trained["model_uri"])  # a local folder or the run's s3:// / gs:// output
         step.detail = stored.uri
     with flow.step("register") as step:
         registry = flow.registry(env, cfg.model_name)
@@ -675,6 +694,7 @@ def production_champion(cfg: Config) -> Release | None:
     return None if declared.model.is_empty else declared
 
 
+@holds("staging")
 def open_promotion(
     cfg: Config, pulls: gitops.PullRequests | None = None, flow: Flow | None = None, again: bool = False
 ) -> tuple[gitops.PullRequest | None, str]:
@@ -750,12 +770,33 @@ def open_promotion(
         if own_flow:
             flow.finish()
         return None, note
+    others = [o for o in pulls.list("open") if o.branch.startswith(PROMOTE_PREFIX) and o.branch != branch]
+    newer = [o for o in others if _candidate_order(cfg, staging_release.commit, o) == "newer"]
+    if newer:
+        # "Superseded" means newer by commit order, never "ran last": an older candidate leaves the PR alone.
+        keep = newer[0]
+        _restore_challenger(cfg, flow, keep)
+        note = (
+            f"not proposed: staging v{candidate.version} (commit {staging_release.commit[:12]}) is older than the "
+            f"candidate PR #{keep.number} promotes; that PR stays open"
+        )
+        if own_flow:
+            flow.finish()
+        return None, note
+    if decided and again:
+        # The one override of a rollback or a rejection, recorded on the version it re-proposes.
+        from .provenance import TAG_AGAIN
+
+        flow.registry(staging, cfg.model_name).set_tags(
+            candidate.version, {TAG_AGAIN: f"promote --again after PR #{decided[-1].number} ({decided[-1].state})"}
+        )
+        candidate = flow.registry(staging, cfg.model_name).get(candidate.version)
     title = f"Promote {candidate.name} staging v{candidate.version} to production ({cfg.promotion})"
     body = promotion_body(cfg, candidate, champion, results, files)
+    if TAG_AGAIN_NOTE in candidate.tags:
+        body += f"\n\n**Proposed again on purpose** (`promote --again`): {candidate.tags[TAG_AGAIN_NOTE]}."
     pr = pulls.open_or_update(branch, BASE_BRANCH, title, body, files)
-    superseded = [
-        other for other in pulls.list("open") if other.branch.startswith(PROMOTE_PREFIX) and other.branch != branch
-    ]
+    superseded = others
     for other in superseded:
         pulls.close(other.number)
     note = f"PR #{pr.number} {pr.branch}" + (
@@ -765,6 +806,42 @@ def open_promotion(
         flow.report.pull_request = pr.to_dict()
         flow.finish()
     return pr, note
+
+
+TAG_AGAIN_NOTE = "promoted_again"  # = provenance.TAG_AGAIN
+
+
+def _pr_release(cfg: Config, pr: gitops.PullRequest) -> Release | None:
+    """Staging's release as a promotion PR carries it (None when its commit is not in this clone)."""
+    text = gitops.show(cfg.root, pr.head, overlay_file(cfg, "staging")) if pr.head else None
+    if text is None:
+        return None
+    try:
+        return release_from_text(text, f"pull request #{pr.number}")
+    except ReleaseError:
+        return None
+
+
+def _candidate_order(cfg: Config, ours: str, pr: gitops.PullRequest) -> str:
+    """"newer" when the PR's candidate was trained from a commit that descends from ours (commit order,
+    `git merge-base --is-ancestor`), "same" for the same commit, else "older" (unknown counts as older)."""
+    theirs = _pr_release(cfg, pr)
+    if theirs is None or theirs.commit == NONE or ours == NONE:
+        return "older"
+    if theirs.commit == ours:
+        return "same"
+    return "newer" if gitops.is_ancestor(cfg.root, ours, theirs.commit) else "older"
+
+
+def _restore_challenger(cfg: Config, flow: Flow, pr: gitops.PullRequest) -> None:
+    """Point staging's challenger back at the version the newer open PR promotes."""
+    theirs = _pr_release(cfg, pr)
+    if theirs is None or theirs.model.is_empty:
+        return
+    registry = flow.registry(cfg.env("staging"), cfg.model_name)
+    mv = registry.find_by_digest(theirs.model.digest)
+    if mv is not None and "challenger" not in mv.aliases:
+        registry.set_alias("challenger", mv.version)
 
 
 def _metrics_table(candidate: dict[str, float], champion: dict[str, float] | None, labels: tuple[str, str]) -> str:
@@ -849,6 +926,7 @@ def promotion_body(cfg: Config, candidate, champion, results: list[GateResult], 
 # --- production ------------------------------------------------------------------------------
 
 
+@holds("production")
 def run_production(cfg: Config, pulls: gitops.PullRequests | None = None) -> FlowReport:
     """Converge production to the release main names: (retrain) train the declared pipeline, then serve its model."""
     flow = Flow("production", "production", cfg.promotion)
@@ -861,11 +939,12 @@ def run_production(cfg: Config, pulls: gitops.PullRequests | None = None) -> Flo
 def _retrain(cfg: Config, flow: Flow, pulls: gitops.PullRequests | None) -> None:
     """retrain: train exactly the release's pipeline, image and parameters in production, gate, deployment PR."""
     from .artifacts import ArtifactStore
+    from .provenance import verify_committed
     from .source import source_digest
 
     env = cfg.env("production")
     where = overlay_file(cfg, "production")
-    declared = committed_release(cfg, "production")
+    declared = verify_committed(cfg, "production")  # refuses an unverifiable release before anything runs
     if not declared.has_pipeline:
         flow.report.notes.append(f"{where} names no pipeline yet: nothing promoted to production")
         return
@@ -914,7 +993,7 @@ def _retrain(cfg: Config, flow: Flow, pulls: gitops.PullRequests | None) -> None
         key = {"commit": commit, "pipeline": versions["pipeline"], "image": declared.image, "params": params}
         trained = _train(flow, cfg, env, params, key, feature_params=feature_params)
         with flow.step("store") as step:
-            stored = ArtifactStore(env).put(Path(trained["model_uri"]))
+            stored = ArtifactStore(env).put(trained["model_uri"])  # a local folder or the run's s3:// / gs:// output
             step.detail = stored.uri
         with flow.step("register-trained") as step:
             validated = declared.model.source if declared.model.source != NONE else "staging"
@@ -960,8 +1039,10 @@ def _retrain(cfg: Config, flow: Flow, pulls: gitops.PullRequests | None) -> None
         flow.report.pull_request = pr.to_dict()
         step.detail = f"PR #{pr.number} {pr.branch}"
     if env.auto_merge:
+        from . import provenance
+
         with flow.step("merge") as step:
-            pr = pulls.merge(pr.number)
+            pr = provenance.merge(cfg, pr.number, pulls)
             flow.report.pull_request = pr.to_dict()
             step.detail = f"auto_merge: PR #{pr.number} merged"
     else:
@@ -1000,16 +1081,29 @@ def ref_or_none(cfg: Config, env: str) -> ModelRef | None:
 def _serve_declared(cfg: Config, flow: Flow) -> None:
     """Make production serve exactly what its committed release names: copy if needed, verify, register,
     champion, serve."""
+    from . import provenance
     from .artifacts import ArtifactStore, StoredModel
     from .registry import lineage_tags
 
     env = cfg.env("production")
-    declared = committed_release(cfg, "production")
+    # Committed on main, gates passed, traced to its promotion, registry version and digest agreeing:
+    # anything else stops here, before a copy, a registration or a switch of the endpoint.
+    declared = provenance.verify_committed(cfg, "production")
     ref = declared.model
     if ref.is_empty:
-        flow.report.notes.append(
-            f"{env.overlay}/{RELEASE_FILE} declares no model yet (modelVersion: none): nothing to serve"
-        )
+        where = f"{env.overlay}/{RELEASE_FILE}"
+        still = provenance.served_elsewhere(cfg, declared, where)
+        if still is None:
+            flow.report.notes.append(f"{where} declares no model yet (modelVersion: none): nothing to serve")
+        elif cfg.promotion == "retrain" and declared.has_pipeline:
+            # Retrain: the promoted pipeline's model waits for its deployment PR; say what serves meanwhile.
+            flow.report.notes.append(f"{still}, until the deployment PR naming the retrained model is merged")
+        else:
+            # A release never withdraws a served model silently: the endpoint would be labelled otherwise.
+            raise provenance.ProvenanceError(
+                f"{still}; a release does not withdraw a served model: roll back to a model (`make rollback`) "
+                "or stop the endpoint on purpose (`mlrail stop --env production`)"
+            )
         return
     where = f"{overlay_file(cfg, 'production')}: data.modelSource"
     try:

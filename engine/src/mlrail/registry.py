@@ -148,6 +148,9 @@ def _quiet_mlflow() -> None:
     # First use of a SQLite registry runs its migrations and logs them at INFO on stderr.
     for name in ("alembic", "mlflow.store.db.utils", "mlflow.store.model_registry", "mlflow.tracking"):
         logging.getLogger(name).setLevel(logging.WARNING)
+    # It logs every database error with its traceback before raising it: the raised error
+    # becomes one RegistryError line here (a locked or read-only database), so keep it quiet.
+    logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
 
 
 def _quote(value: str) -> str:
@@ -158,7 +161,10 @@ def _quote(value: str) -> str:
 class Registry:
     """One environment's registry for one registered model."""
 
-    def __init__(self, env: Environment, model_name: str) -> None:
+    def __init__(self, env: Environment, model_name: str, recreate: bool = False) -> None:
+        """Open the environment's registry. A local one is created on first use; where the store
+        already holds models a missing registry is an error (its history would be lost silently)
+        unless `recreate` says it is meant (`mlrail recreate-registry`)."""
         os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
         # MLflow retries a failing server 7 times with doubling waits: minutes before a typo in
         # registry_uri surfaces. Fail within ~10 s instead, unless the environment says otherwise.
@@ -174,8 +180,28 @@ class Registry:
         if self.uri.startswith("sqlite:///"):
             database = Path(self.uri[len("sqlite:///") :])
             if not database.is_file():
+                if not recreate:
+                    self._refuse_silent_recreation(database)
                 self._create_sqlite(database)
         self.client = MlflowClient(tracking_uri=self.uri, registry_uri=self.uri)
+
+    def _refuse_silent_recreation(self, database: Path) -> None:
+        """A registry is created empty only before the store holds any model."""
+        if database.exists():
+            raise RegistryError(
+                f"the {self.env.name} registry {database} is not a file; move it away (expected the SQLite database)"
+            )
+        try:
+            stored = ArtifactStore(self.env).digests()
+        except ArtifactError:
+            return
+        if stored:
+            raise RegistryError(
+                f"the {self.env.name} registry {database} is missing but the {self.env.name} store "
+                f"{self.env.artifact_root} holds {len(stored)} model(s): restore the registry file from a backup, "
+                f"or create an empty one on purpose with `mlrail recreate-registry --env {self.env.name}` "
+                "(its versions, aliases and lineage are lost)"
+            )
 
     def _create_sqlite(self, database: Path) -> None:
         """Create the environment's registry database, atomically, with MLflow's own artifact
@@ -230,6 +256,20 @@ class Registry:
         if not version.isdigit():
             raise RegistryError(f"model version {version!r} is not a version number")
         return self._convert(self._call("get_model_version", self.model_name, version))
+
+    def find(self, version: str) -> ModelVersion | None:
+        """The version, or None when the registry has no such version (other failures raise)."""
+        from mlflow.exceptions import MlflowException
+
+        version = str(version)
+        if not version.isdigit():
+            raise RegistryError(f"model version {version!r} is not a version number")
+        try:
+            return self._convert(self._timed("get_model_version", self.model_name, version))
+        except MlflowException as exc:
+            if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "NOT_FOUND"):
+                return None
+            raise self._error("get_model_version", exc) from None
 
     def versions(self) -> list[ModelVersion]:
         """Every version of the model, oldest first; [] before the first registration."""

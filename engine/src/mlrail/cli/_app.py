@@ -18,10 +18,13 @@ import typer
 ENVIRONMENTS = ("sandbox", "staging", "production")
 
 EXIT_OK, EXIT_USER, EXIT_USAGE, EXIT_GATE, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+EXIT_PROVENANCE, EXIT_BUSY = 4, 5  # = provenance.ProvenanceError.exit_code, locking.EnvironmentBusy.exit_code
 EPILOG = (
     "Exit codes: 0 ok; 1 a user or input error (one `error: ...` line on stderr, e.g. a config "
     "mistake naming file, line and key); 2 a usage error (unknown option or command); 3 a gate "
-    "failed (the gate table is printed); 130 interrupted (rerun the same command: every step resumes)."
+    "failed (the gate table is printed); 4 a release refused (not committed on main, not validated, "
+    "registry version or digest disagreeing, or rolled back); 5 the environment is busy with another "
+    "run; 130 interrupted (rerun the same command: every step resumes)."
 )
 
 app = typer.Typer(
@@ -62,7 +65,13 @@ def command(name: str, help_text: str) -> Callable[[Callable[..., int]], Callabl
                 from ..promotion import GateFailure
 
                 print(f"error: {exc}", file=sys.stderr)
-                raise typer.Exit(EXIT_GATE if isinstance(exc, GateFailure) else EXIT_USER) from None
+                code = EXIT_GATE if isinstance(exc, GateFailure) else getattr(exc, "exit_code", EXIT_USER)
+                raise typer.Exit(code) from None
+            except OSError as exc:
+                # The local state cannot be read or written (read-only .mlops, a file where a folder
+                # belongs, ...): one line naming the path, not a traceback.
+                print(f"error: {os_error_line(exc)}", file=sys.stderr)
+                raise typer.Exit(EXIT_USER) from None
             if code:
                 raise typer.Exit(code)  # typer's standalone mode would drop a returned code
             progress(f"{name} done in {time.perf_counter() - started:.1f}s")
@@ -71,6 +80,22 @@ def command(name: str, help_text: str) -> Callable[[Callable[..., int]], Callabl
         return func
 
     return register
+
+
+def os_error_line(exc: OSError) -> str:
+    """`<path>: <reason>` and what to check, for an OSError that reached a command."""
+    import errno
+
+    path = exc.filename or "a file"
+    if exc.errno in (errno.EEXIST, errno.ENOTDIR):
+        return f"cannot use {path}: a file is where a folder belongs on that path; move the file away and rerun"
+    if exc.errno == errno.EISDIR:
+        return f"cannot use {path}: it is a folder where a file belongs; move it away and rerun"
+    reason = exc.strerror or type(exc).__name__
+    return (
+        f"cannot use {path}: {reason}; check that the folders on that path are writable folders "
+        "(not files) and rerun"
+    )
 
 
 def load_config():

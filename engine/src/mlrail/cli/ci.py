@@ -66,7 +66,9 @@ def upload_pipeline_cmd(
 def sync_cmd(
     env: EnvRequired,
     revision: Annotated[str | None, typer.Option(help="commit to sync to (default: GITHUB_SHA or HEAD)")] = None,
-    timeout: Annotated[float, typer.Option(min=1, help="seconds to wait")] = 900.0,
+    timeout: Annotated[
+        float | None, typer.Option(min=1, help="seconds to wait (default: timeouts.ready_s in config)")
+    ] = None,
 ) -> int:
     from .. import console as cli
     from ..cluster import sync
@@ -95,6 +97,7 @@ def pr_comment_cmd(
     marker: Annotated[str, typer.Option(help="hidden marker naming the comment")] = DIFF_MARKER,
 ) -> int:
     from ..cluster.github import GitHubPullRequests
+    from ..cluster.http import Timeouts
     from ..errors import MlopsError
 
     cfg = load_config()
@@ -102,7 +105,7 @@ def pr_comment_cmd(
     if not path.is_file():
         raise MlopsError(f"--file {file} does not exist: write it first (e.g. `make diff`)")
     body = path.read_text()
-    comment_id, created = GitHubPullRequests("pull-request").upsert_comment(pr, body, marker)
+    comment_id, created = GitHubPullRequests("pull-request", timeouts=Timeouts.of(cfg)).upsert_comment(pr, body, marker)
     print(f"{'created' if created else 'updated'} comment {comment_id} on pull request #{pr}")
     return 0
 

@@ -161,13 +161,13 @@ def merge_cmd(
     pr: Annotated[int, typer.Option("--pr", help="pull request number")],
     as_json: JsonFlag = False,
 ) -> int:
-    from .. import gitops
+    from .. import gitops, provenance
     from ..console import progress
 
     cfg = load_config()
     if gitops.backend_name(cfg) != "local":
         raise gitops.GitOpsError("`merge` merges local pull requests only; merge on the code host instead")
-    merged = gitops.pull_requests(cfg).merge(pr)
+    merged = provenance.merge(cfg, pr)  # the PR's releases are verified before anything is published
     progress(f"merged #{merged.number} ({merged.branch}) into {merged.base}; the checkout is fast-forwarded")
     if as_json:
         print(json.dumps(merged.to_dict(), indent=2, sort_keys=True))
@@ -197,4 +197,42 @@ def status_cmd(as_json: JsonFlag = False) -> int:
     if open_prs:
         print("\n### open pull requests\n")
         print(table([_pr_row(pr) for pr in open_prs], PR_COLUMNS))
+    return 0
+
+
+@command("verify-release", "the PR check: verify the release files changed since --base (provenance, gates, registry)")
+def verify_release_cmd(
+    base: Annotated[str, typer.Option("--base", help="the git ref the change is compared with, e.g. origin/main")],
+    head: Annotated[str, typer.Option("--head", help="the git ref checked")] = "HEAD",
+) -> int:
+    from .. import provenance
+
+    cfg = load_config()
+    checked = provenance.verify_changed(cfg, base, head)
+    if not checked:
+        print(f"no release.yaml changed between {base} and {head}")
+    for path, release in checked:
+        model = "no model" if release.model.is_empty else f"{release.model.name} v{release.model.version}"
+        print(f"{path}: verified ({model}, source {release.model.source}, gates {release.gates})")
+    return 0
+
+
+@command("recreate-registry", "create an empty local registry on purpose where its store still holds models")
+def recreate_registry_cmd(
+    env: Annotated[
+        Literal["sandbox", "staging", "production"], typer.Option("--env", help="the environment", show_default=False)
+    ],
+) -> int:
+    from ..registry import Registry, RegistryError
+
+    cfg = load_config()
+    environment = cfg.env(env)
+    database = environment.local_dir / "registry.db"
+    if environment.backend != "local":
+        raise RegistryError(f"{env} runs on a cluster: its registry is the MLflow server {environment.registry_uri}")
+    if database.exists():
+        print(f"{database} exists; nothing to do (move it away first to re-create it)")
+        return 0
+    Registry(environment, cfg.model_name, recreate=True).exists()
+    print(f"created an empty {env} registry {database}: rerun the flows (or promote again) to register models in it")
     return 0

@@ -1,23 +1,39 @@
-"""Kubeflow Pipelines through `kfp.Client`: upload a compiled pipeline as a version named by
-the commit, run it in the environment's namespace and experiment, wait with a timeout, and
-return the URIs of its output artifacts.
+"""Kubeflow Pipelines through `kfp.Client`: upload a compiled pipeline as a version named by the
+commit, run it in the environment's experiment, wait for it with a deadline, and return the URIs
+of the pipeline's outputs.
 
-Idempotent by construction: an existing pipeline gets a new version, an existing version of
-the same name and content is reused, and a run of the same name that already succeeded (or
-is still running) is reused instead of starting another.
+Only kfp.Client's own calls are used (`get_pipeline_id`, `upload_pipeline`,
+`upload_pipeline_version`, `list_pipeline_versions`, `create_experiment`, `list_runs`,
+`run_pipeline`, `get_run`, `wait_for_run_completion`); the one endpoint it does not wrap, the
+artifact service (`GET /apis/v2beta1/artifacts/{id}`, for an output's URI), goes through the
+engine's HTTP policy. kfp.Client sends its requests without a timeout and offers no setting for
+one, so every call runs under a deadline kept from outside (`timeouts.deadline_s`; the wait for a
+run: `timeouts.run_s`); idempotent reads are retried on 5xx and dropped connections within it.
+
+Pipelines are uploaded as shared pipelines, the ones `get_pipeline_id` finds; experiments and
+runs live in the environment's namespace.
+
+Idempotent by construction: an existing pipeline gets a new version, an existing version of the
+same name and content is reused, and a run of the same name that succeeded (or is still running)
+is waited for instead of starting another. Within one process a pipeline is compiled and uploaded
+once, however many runs use it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import contextvars
+import dataclasses
 import hashlib
 import json
 import logging
 import os
 import subprocess
 import sys
+import tempfile
+import threading
 import time
-import warnings
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,11 +41,15 @@ from typing import Any
 import yaml
 
 from ..config import Environment
-from .http import ClusterCallError, JsonApi, Retry, Timeouts
+from . import http
+from .http import ClusterCallError
 
 SUCCEEDED = "SUCCEEDED"
-FINISHED = frozenset({"SUCCEEDED", "FAILED", "SKIPPED", "CANCELED", "CANCELLED"})
+RERUN_STATES = frozenset({"FAILED", "CANCELED", "CANCELLED", "SKIPPED"})  # a rerun starts a new run
 TOKEN_VAR = "KFP_TOKEN"  # noqa: S105 - the variable name; bearer token for the KFP API (e.g. from the OIDC-federated identity)
+SETTINGS = http.SETTINGS
+RETRY_STATUSES = frozenset({0, 500, 502, 503, 504})  # 0: kfp_server_api's status for a failed connection
+MAX_METRICS_BYTES = 16 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -50,24 +70,23 @@ class ClusterRun:
     outputs: dict[str, str] = field(default_factory=dict)  # "<task>/<output>" -> artifact URI
     artifact_ids: dict[str, str] = field(default_factory=dict)  # "<task>/<output>" -> artifact id
     reused: bool = False
+    pipeline_outputs: dict[str, str] = field(default_factory=dict)  # pipeline output name -> "<task>/<output>"
 
     def output(self, name: str) -> str:
-        """The URI of output `name` ("model", or "train/model" when ambiguous)."""
+        """The URI of output `name`: a pipeline output ("model"), or "<task>/<output>"."""
         return self.outputs[self._key(name)]
 
     def artifact_id(self, name: str) -> str:
         return self.artifact_ids[self._key(name)]
 
     def _key(self, name: str) -> str:
-        if name in self.outputs:
-            return name
-        matches = [key for key in self.outputs if key.rsplit("/", 1)[-1] == name]
-        # The root DAG re-exports pipeline outputs: the same artifact under two tasks is one output.
-        if len({self.artifact_ids[key] for key in matches}) == 1:
-            return matches[0]
-        if len(matches) != 1:
-            raise KeyError(f"run {self.run_id} has {len(matches)} outputs named {name!r}: {sorted(self.outputs)}")
-        return matches[0]
+        key = self.pipeline_outputs.get(name, name)
+        if key not in self.outputs:
+            raise KeyError(
+                f"run {self.run_id} has no output {name!r}; its pipeline outputs are {sorted(self.pipeline_outputs)} "
+                f"and its task outputs {sorted(self.outputs)}"
+            )
+        return key
 
 
 def commit_sha(root: Path | None = None) -> str:
@@ -89,12 +108,36 @@ def content_hash(path: Path | str) -> str:
     return "sha256:" + hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
-def pipeline_name_of(path: Path | str) -> str:
-    doc = yaml.safe_load(Path(path).read_text())
+def _spec(path: Path | str) -> dict:
     try:
-        return doc["pipelineInfo"]["name"]
-    except (KeyError, TypeError):
-        raise ClusterCallError(f"{path} is not a compiled KFP pipeline (no pipelineInfo.name)") from None
+        doc = yaml.safe_load(Path(path).read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise ClusterCallError(f"{path} is not a readable compiled KFP pipeline: {exc}") from None
+    if not isinstance(doc, dict) or not isinstance(doc.get("pipelineInfo"), dict) or "root" not in doc:
+        raise ClusterCallError(f"{path} is not a compiled KFP pipeline (no pipelineInfo.name or root)")
+    return doc
+
+
+def pipeline_name_of(path: Path | str) -> str:
+    name = _spec(path)["pipelineInfo"].get("name")
+    if not name:
+        raise ClusterCallError(f"{path} is not a compiled KFP pipeline (no pipelineInfo.name)")
+    return name
+
+
+def pipeline_outputs(path: Path | str) -> dict[str, str]:
+    """Each output artifact the pipeline returns -> "<task display name>/<output key>" of its producer,
+    read from the compiled IR (root.dag.outputs), so no task or output name is assumed."""
+    doc = _spec(path)
+    dag = doc["root"].get("dag", {})
+    tasks = dag.get("tasks", {})
+    found = {}
+    for name, spec in (dag.get("outputs", {}).get("artifacts") or {}).items():
+        selector = (spec.get("artifactSelectors") or [{}])[0]
+        producer = selector.get("producerSubtask")
+        display = tasks.get(producer, {}).get("taskInfo", {}).get("name", producer)
+        found[name] = f"{display}/{selector.get('outputArtifactKey')}"
+    return found
 
 
 class KfpPipelines:
@@ -104,123 +147,110 @@ class KfpPipelines:
         self,
         env: Environment,
         client: Any = None,
-        request_timeout: float = 60.0,
-        retry: Retry | None = None,
-        poll_seconds: float = 10.0,
+        timeouts: Any = None,
+        retry: http.Retry | None = None,
+        poll_seconds: float = 5.0,
     ):
         self.env = env
-        self.endpoint = env.cluster.kfp_endpoint
-        self.request_timeout = request_timeout
-        self.retry = retry or Retry()
+        self.endpoint = env.cluster.kfp_endpoint.rstrip("/")
+        self.timeouts = timeouts or getattr(env, "timeouts", None) or _default_timeouts()
+        self.retry = retry or http.Retry()
         self.poll_seconds = poll_seconds
-        self.client = client or self._connect()
-        self._bound_http_policy()
-
-    # --- connection -----------------------------------------------------------------------
+        self.token = os.environ.get(TOKEN_VAR) or None
+        self.client = client or self._call("connecting", self._connect)
+        headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
+        self.api = http.JsonApi(
+            "Kubeflow Pipelines", env.name, self.endpoint, headers=headers, timeouts=http.Timeouts.of(env)
+        )
 
     def _connect(self):
+        import warnings
+
         import kfp
 
-        with warnings.catch_warnings(), _quiet():
+        with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)  # "only works with KFP >= 2.0.0-beta.2"
-            return kfp.Client(
-                host=self.endpoint,
-                namespace=self.env.namespace,
-                existing_token=os.environ.get(TOKEN_VAR) or None,
-            )
+            return kfp.Client(host=self.endpoint, namespace=self.env.namespace, existing_token=self.token)
 
-    def _bound_http_policy(self) -> None:
-        """kfp.Client sends every request without a timeout and never retries: add both.
+    def where(self) -> str:
+        return f"Kubeflow Pipelines ({self.env.name}) {self.endpoint}"
 
-        Reads (GET) retry on 5xx and connection errors; writes only when the connection was
-        refused (the request never reached the server)."""
-        import urllib3
+    # --- one bounded call -----------------------------------------------------------------
 
-        api_client = self.client._run_api.api_client  # one ApiClient is shared by every service API
-        rest = api_client.rest_client
-        rest.pool_manager.connection_pool_kw["retries"] = urllib3.Retry(
-            total=self.retry.attempts - 1,
-            connect=self.retry.attempts - 1,
-            read=0,
-            status=self.retry.attempts - 1,
-            backoff_factor=self.retry.backoff / 2,
-            backoff_max=self.retry.max_backoff,
-            status_forcelist=(500, 502, 503, 504),
-            allowed_methods=frozenset({"GET"}),
-            raise_on_status=False,
-        )
-        if getattr(rest, "_mlops_timeout", None) is None:
-            original = rest.request
-
-            def request(*args, _request_timeout=None, **kwargs):
-                return original(*args, _request_timeout=_request_timeout or (10.0, self.request_timeout), **kwargs)
-
-            rest.request = request
-        rest._mlops_timeout = self.request_timeout
-        rest.pool_manager.clear()  # pools made from now on carry the retry policy
-
-    def _call(self, what: str, fn, *args, **kwargs):
-        """Run one kfp call; any failure becomes one sentence naming environment and endpoint."""
+    def _call(self, what: str, fn: Callable[..., Any], *args, idempotent: bool = False, **kwargs) -> Any:
+        """Run one kfp.Client call within `timeouts.deadline_s`; any failure is one sentence naming
+        the environment and the endpoint. Idempotent reads are retried within the same deadline."""
         from kfp_server_api.exceptions import ApiException
 
-        try:
-            with _quiet():
-                return fn(*args, **kwargs)
-        except ApiException as exc:
-            detail = _api_message(exc)
-            raise ClusterCallError(
-                f"Kubeflow Pipelines ({self.env.name}) {self.endpoint}: {what} failed: {exc.status} {detail}",
-                status=exc.status,
-            ) from exc
-        except Exception as exc:  # urllib3 MaxRetryError, timeouts, DNS
-            if isinstance(exc, ClusterCallError):
+        seconds = float(self.timeouts.deadline_s)
+        ends = time.monotonic() + seconds
+        delays = _delays(self.retry)
+        while True:
+            try:
+                return _bounded(fn, args, kwargs, ends, f"{self.where()}: {what}", seconds, "timeouts.deadline_s")
+            except ApiException as exc:
+                if idempotent and exc.status in RETRY_STATUSES and _wait(next(delays, None), ends):
+                    continue
+                raise ClusterCallError(
+                    f"{self.where()}: {what} failed: {exc.status or ''} {_api_message(exc)}".replace("  ", " "),
+                    status=exc.status,
+                ) from exc
+            except ClusterCallError:
                 raise
-            reason = str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__
-            raise ClusterCallError(
-                f"Kubeflow Pipelines ({self.env.name}) {self.endpoint}: {what} failed: {reason}"
-            ) from exc
+            except ValueError as exc:  # kfp.Client's own checks, e.g. "Multiple pipelines with the name"
+                raise ClusterCallError(f"{self.where()}: {what} failed: {exc}") from exc
+            except Exception as exc:  # urllib3 MaxRetryError (connection refused), DNS
+                if idempotent and _wait(next(delays, None), ends):
+                    continue
+                reason = str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__
+                raise ClusterCallError(f"{self.where()}: {what} failed: {reason}") from exc
 
     # --- pipelines and versions -----------------------------------------------------------
 
-    def _named(self, what: str, list_call, items: str, name: str, **kwargs) -> list:
-        """Objects of a KFP list call whose display name is exactly `name` (the API filter is a hint)."""
-        predicate = {"operation": "EQUALS", "key": "display_name", "stringValue": name}
-        result = self._call(
-            f"looking up {what} {name!r}",
-            list_call,
-            filter=json.dumps({"predicates": [predicate]}),
-            page_size=10,
-            **kwargs,
-        )
-        return [item for item in (getattr(result, items) or []) if item.display_name == name]
-
     def find_pipeline(self, name: str) -> str | None:
-        pipelines = self._named("pipeline", self.client.list_pipelines, "pipelines", name, namespace=self.env.namespace)
-        return pipelines[0].pipeline_id if pipelines else None
+        return self._call(f"looking up pipeline {name!r}", self.client.get_pipeline_id, name, idempotent=True)
 
     def find_version(self, pipeline_id: str, name: str):
-        versions = self._named(
-            "pipeline version", self.client.list_pipeline_versions, "pipeline_versions", name, pipeline_id=pipeline_id
+        result = self._call(
+            f"looking up version {name!r}",
+            self.client.list_pipeline_versions,
+            pipeline_id=pipeline_id,
+            page_size=10,
+            filter=_named(name),
+            idempotent=True,
         )
-        return versions[0] if versions else None
+        matches = [v for v in (result.pipeline_versions or []) if v.display_name == name]
+        return matches[0] if matches else None
 
     def upload(self, package: Path | str, version: str) -> PipelineVersion:
         """Upload `package` as version `version` of its pipeline (creating the pipeline first)."""
         name = pipeline_name_of(package)
         content = content_hash(package)
+        cached = _UPLOADED.get((self.endpoint, name, version, content))
+        if cached is not None:
+            return dataclasses.replace(cached, created=False)
         pipeline_id = self.find_pipeline(name)
         if pipeline_id is None:
             # First upload: the pipeline is created with an initial version of its own name;
             # the commit-named version below is the one every run references.
-            created = self._call(
-                f"creating pipeline {name!r}",
-                self.client.upload_pipeline,
-                pipeline_package_path=str(package),
-                pipeline_name=name,
-                description=f"{name}: versions are named by commit",
-                namespace=self.env.namespace,
-            )
-            pipeline_id = created.pipeline_id
+            try:
+                created = self._call(
+                    f"creating pipeline {name!r}",
+                    self.client.upload_pipeline,
+                    pipeline_package_path=str(package),
+                    pipeline_name=name,
+                    description=f"{name}: versions are named by commit",
+                )
+                pipeline_id = created.pipeline_id
+            except ClusterCallError as exc:  # created concurrently by another job: use that one
+                pipeline_id = self.find_pipeline(name) if exc.status == 409 else None
+                if pipeline_id is None:
+                    raise
+        uploaded = self._version(package, name, pipeline_id, version, content)
+        _UPLOADED[(self.endpoint, name, version, content)] = uploaded
+        return uploaded
+
+    def _version(self, package: Path | str, name: str, pipeline_id: str, version: str, content: str):
         existing = self.find_version(pipeline_id, version)
         if existing is not None:
             return self._reuse(name, pipeline_id, existing, version, content)
@@ -245,9 +275,9 @@ class KfpPipelines:
         recorded = (existing.description or "").strip()
         if recorded and recorded != content:
             raise ClusterCallError(
-                f"Kubeflow Pipelines ({self.env.name}) {self.endpoint}: version {version!r} of pipeline {name!r} "
-                f"already exists with different content ({recorded[:19]}… vs {content[:19]}…); "
-                "a commit names exactly one compiled pipeline, so recompile with the same PROJECT_IMAGE"
+                f"{self.where()}: version {version!r} of pipeline {name!r} already exists with different content "
+                f"({recorded[:19]}… vs {content[:19]}…); a commit names exactly one compiled pipeline, so "
+                "recompile with the same PROJECT_IMAGE"
             )
         return PipelineVersion(name, pipeline_id, existing.pipeline_version_id, version, content, created=False)
 
@@ -260,10 +290,17 @@ class KfpPipelines:
         return experiment.experiment_id
 
     def find_run(self, experiment_id: str, name: str):
-        runs = self._named(
-            "run", self.client.list_runs, "runs", name, experiment_id=experiment_id, sort_by="created_at desc"
+        result = self._call(
+            f"looking up run {name!r}",
+            self.client.list_runs,
+            experiment_id=experiment_id,
+            filter=_named(name),
+            sort_by="created_at desc",
+            page_size=10,
+            idempotent=True,
         )
-        runs = [r for r in runs if (r.state or "").upper() != "FAILED"]
+        runs = [r for r in (result.runs or []) if r.display_name == name]
+        runs = [r for r in runs if (r.state or "").upper() not in RERUN_STATES]
         return runs[0] if runs else None
 
     def run(
@@ -272,10 +309,11 @@ class KfpPipelines:
         arguments: dict[str, Any],
         run_name: str,
         experiment: str,
-        timeout: float,
+        timeout: float | None = None,
         pipeline_root: str | None = None,
+        outputs: dict[str, str] | None = None,
     ) -> ClusterRun:
-        """Run `version` and wait for it; a rerun reuses a run of the same name unless it failed."""
+        """Run `version` and wait for it; a rerun waits for a run of the same name unless it failed."""
         experiment_id = self.experiment_id(experiment)
         existing = self.find_run(experiment_id, run_name)
         if existing is not None:
@@ -292,29 +330,49 @@ class KfpPipelines:
                 pipeline_root=pipeline_root,
             )
             run_id, reused = created.run_id, False
-        finished = self.wait(run_id, run_name, timeout)
+        finished = self.wait(run_id, run_name, float(timeout if timeout is not None else self.timeouts.run_s))
         state = (finished.state or "").upper()
         if state != SUCCEEDED:
             message = getattr(finished.error, "message", None) or "no error message"
             raise ClusterCallError(
-                f"Kubeflow Pipelines ({self.env.name}) {self.endpoint}: run {run_name!r} ({run_id}) ended {state}: "
-                f"{message}"
+                f"{self.where()}: run {run_name!r} ({run_id}) ended {state}: {message} ({self.run_url(run_id)})"
             )
-        outputs, ids = self.outputs(finished)
-        return ClusterRun(run_id, run_name, state, outputs, ids, reused)
+        uris, ids = self.outputs(finished)
+        return ClusterRun(run_id, run_name, state, uris, ids, reused, dict(outputs or {}))
+
+    def run_url(self, run_id: str) -> str:
+        return f"{self.endpoint}/#/runs/details/{run_id}"
 
     def wait(self, run_id: str, run_name: str, timeout: float):
-        deadline = time.monotonic() + timeout
-        while True:
-            run = self._call(f"reading run {run_name!r}", self.client.get_run, run_id)
-            if (run.state or "").upper() in FINISHED:
-                return run
-            if time.monotonic() >= deadline:
+        """kfp.Client.wait_for_run_completion, bounded: past `timeout` the run is reported, left running."""
+        try:
+            return _bounded(
+                self.client.wait_for_run_completion,
+                (run_id,),
+                {"timeout": timeout, "sleep_duration": self.poll_seconds},
+                time.monotonic() + timeout + self.timeouts.deadline_s,
+                f"{self.where()}: waiting for run {run_name!r} ({run_id})",
+                timeout,
+                "timeouts.run_s",
+            )
+        except TimeoutError:
+            state = "unknown"
+            with contextlib.suppress(ClusterCallError):
+                state = self._call(f"reading run {run_name!r}", self.client.get_run, run_id, idempotent=True).state
+            raise ClusterCallError(
+                f"{self.where()}: run {run_name!r} ({run_id}) did not finish within {timeout:g}s (state {state}); "
+                f"it keeps running at {self.run_url(run_id)} — rerun to wait for it again, or raise timeouts.run_s "
+                f"in {SETTINGS}"
+            ) from None
+        except Exception as exc:
+            from kfp_server_api.exceptions import ApiException
+
+            if isinstance(exc, ApiException):
                 raise ClusterCallError(
-                    f"Kubeflow Pipelines ({self.env.name}) {self.endpoint}: run {run_name!r} ({run_id}) did not "
-                    f"finish within {timeout:g}s (state {run.state}); it keeps running, rerun to wait for it again"
-                )
-            time.sleep(min(self.poll_seconds, max(0.0, deadline - time.monotonic())))
+                    f"{self.where()}: reading run {run_name!r} ({run_id}) failed: {exc.status} {_api_message(exc)}",
+                    status=exc.status,
+                ) from exc
+            raise
 
     def outputs(self, run) -> tuple[dict[str, str], dict[str, str]]:
         uris, ids = {}, {}
@@ -326,48 +384,39 @@ class KfpPipelines:
                     uris[key] = self.artifact(str(artifact_id))["uri"]
         return uris, ids
 
-    # --- artifacts (GET /apis/v2beta1/artifacts/{id}; not wrapped by kfp_server_api 2.17) ----
-
-    def artifact(self, artifact_id: str, download: bool = False) -> dict[str, Any]:
-        api_client = self.client._run_api.api_client
-        return self._call(
-            f"reading artifact {artifact_id}",
-            api_client.call_api,
-            "/apis/v2beta1/artifacts/{artifact_id}",
-            "GET",
-            path_params={"artifact_id": artifact_id},
-            query_params=[("view", "DOWNLOAD" if download else "BASIC")],
-            header_params={"Accept": "application/json"},
-            response_type="object",
-            auth_settings=["Bearer"],
-            _return_http_data_only=True,
-        )
-
-    def read_artifact(self, artifact_id: str, max_bytes: int = 256 * 1024 * 1024) -> bytes:
-        """The artifact's content through its signed download URL."""
-        url = self.artifact(artifact_id, download=True).get("download_url")
-        if not url:
-            raise ClusterCallError(
-                f"Kubeflow Pipelines ({self.env.name}) {self.endpoint}: artifact {artifact_id} has no download URL; "
-                "enable signed URLs in the KFP API server"
-            )
-        store = JsonApi("artifact store", self.env.name, url, timeouts=Timeouts(read_s=self.request_timeout), retry=self.retry)
-        response = store.request("GET", url, stream=True)
-        chunks, size = [], 0
-        for chunk in response.iter_content(1 << 20):
-            size += len(chunk)
-            if size > max_bytes:
-                raise ClusterCallError(f"artifact {artifact_id} in {self.env.name} is larger than {max_bytes} bytes")
-            chunks.append(chunk)
-        return b"".join(chunks)
+    def artifact(self, artifact_id: str) -> dict[str, Any]:
+        """GET /apis/v2beta1/artifacts/{id} (KFP's artifact service; kfp.Client has no call for it)."""
+        body = self.api.json("GET", f"/apis/v2beta1/artifacts/{artifact_id}", params={"view": "BASIC"})
+        if not isinstance(body, dict) or not body.get("uri"):
+            raise ClusterCallError(f"{self.where()}: artifact {artifact_id} has no URI: {str(body)[:200]}")
+        return body
 
 
 # --- the runner's cluster branch ------------------------------------------------------------
 
+_UPLOADED: dict[tuple[str, str, str, str], PipelineVersion] = {}  # this process's uploads
+_COMPILED: dict[tuple[int, str], Path] = {}  # (pipeline function, PROJECT_IMAGE) -> compiled package
+_COMPILE_DIR: list[tempfile.TemporaryDirectory] = []
+
+
+def compiled(pipeline: Any, name: str) -> Path:
+    """The compiled package of a pipeline function, compiled once per process; a path is taken as is."""
+    if isinstance(pipeline, (str, Path)):
+        return Path(pipeline)
+    key = (id(pipeline), os.environ.get("PROJECT_IMAGE", ""))
+    if key not in _COMPILED:
+        from ..compile import compile_all
+
+        if not _COMPILE_DIR:
+            _COMPILE_DIR.append(tempfile.TemporaryDirectory(prefix="mlrail-compiled-"))
+        folder = Path(_COMPILE_DIR[0].name) / f"{len(_COMPILED)}"
+        _COMPILED[key] = compile_all({name: pipeline}, folder)[name]
+    return _COMPILED[key]
+
 
 def _run_name(pipeline: str, env: Environment, version: str, arguments: dict[str, Any]) -> str:
     # Same pipeline version and arguments => same name => a rerun waits for / reuses that run.
-    digest = hashlib.sha256(json.dumps(arguments, sort_keys=True).encode()).hexdigest()[:8]
+    digest = hashlib.sha256(json.dumps(arguments, sort_keys=True, default=str).encode()).hexdigest()[:8]
     return f"{pipeline}-{env.name}-{version}-{digest}"
 
 
@@ -377,69 +426,167 @@ def upload_compiled(env: Environment, package: Path, kfp: KfpPipelines | None = 
 
 
 def run_compiled(
-    env: Environment, pipelines: dict, pipeline: str, arguments: dict[str, Any], kfp: KfpPipelines | None = None
+    env: Environment,
+    pipelines: dict,
+    pipeline: str,
+    arguments: dict[str, Any],
+    kfp: KfpPipelines | None = None,
+    package: Path | str | None = None,
 ) -> tuple[KfpPipelines, ClusterRun]:
-    """Compile, upload (idempotent) and run one of the project's pipelines in `env`."""
-    import tempfile
-
-    from ..compile import compile_all
-
+    """Upload (once) and run one of the project's pipelines in `env`. `package` is the compiled
+    pipeline when the caller compiled it (e.g. `mlrail compile`); otherwise it is compiled here, once."""
     kfp = kfp or KfpPipelines(env)
-    with tempfile.TemporaryDirectory() as tmp:
-        package = compile_all({pipeline: pipelines[pipeline]}, tmp)[pipeline]
-        version = upload_compiled(env, package, kfp)
+    package = Path(package) if package is not None else compiled(pipelines[pipeline], pipeline)
+    version = upload_compiled(env, package, kfp)
     name = _run_name(version.pipeline_name, env, version.version_name, arguments)
     run = kfp.run(
         version,
         arguments,
         run_name=name,
         experiment=env.namespace,
-        timeout=env.timeouts.run_s,  # timeouts.run_s in config/environments.yaml
+        timeout=kfp.timeouts.run_s,
         pipeline_root=f"{env.cluster.artifact_root.rstrip('/')}/pipeline-root",
+        outputs=pipeline_outputs(package),
     )
     return kfp, run
 
 
-def run_features(env: Environment, pipelines: dict, parameters: dict[str, Any]):
-    """The feature pipeline on the cluster; the snapshot digest is computed from the artifact.
+def _store(env: Environment):
+    from ..artifacts import ArtifactStore
 
-    `parameters`: the full, typed set the runner bound (mlrail.runner.bind)."""
+    return ArtifactStore(env)
+
+
+def _content(env: Environment, uri: str) -> Iterator[bytes]:
+    from ..artifacts import ArtifactError
+
+    try:
+        yield from _store(env).blocks(uri)
+    except ArtifactError as exc:
+        raise ClusterCallError(f"{env.name}: cannot read pipeline output {uri}: {exc}") from None
+
+
+def run_features(env: Environment, pipelines: dict, parameters: dict[str, Any], package: Path | str | None = None):
+    """The feature pipeline on the cluster; its one output's content hash is the data snapshot."""
     from ..runner import FeatureRun
 
     started = time.perf_counter()
-    kfp, run = run_compiled(env, pipelines, "features", dict(parameters))
-    data = kfp.read_artifact(run.artifact_id("features"))
+    kfp, run = run_compiled(env, pipelines, "features", dict(parameters), package=package)
+    if len(run.pipeline_outputs) != 1:
+        raise ClusterCallError(
+            "the features pipeline must return exactly one Dataset; it returns "
+            f"{sorted(run.pipeline_outputs) or 'none'}"
+        )
+    uri = run.output(next(iter(run.pipeline_outputs)))
+    digest, lines = hashlib.sha256(), 0
+    for block in _content(env, uri):
+        digest.update(block)
+        lines += block.count(b"\n")
     return FeatureRun(
         env=env.name,
-        features_uri=run.output("features"),
-        snapshot="sha256:" + hashlib.sha256(data).hexdigest(),
-        rows=max(0, data.count(b"\n") - 1),  # CSV rows under the header
+        features_uri=uri,
+        snapshot="sha256:" + digest.hexdigest(),
+        rows=max(0, lines - 1),  # text rows under a header line
         seconds=round(time.perf_counter() - started, 3),
         params=dict(parameters),
     )
 
 
-def run_training(env: Environment, pipelines: dict, features_uri: str, parameters: dict[str, Any]):
-    """The training pipeline on the cluster: the model URI and the metrics the evaluate step wrote.
-
-    `parameters`: the full, typed set the runner bound (mlrail.runner.bind)."""
+def run_training(
+    env: Environment, pipelines: dict, features_uri: str, parameters: dict[str, Any], package: Path | str | None = None
+):
+    """The training pipeline on the cluster: the URI of its `model` output (a directory under the
+    pipeline root, stored and registered from there) and the `metrics` its evaluation wrote."""
     from ..runner import TrainingRun
 
     started = time.perf_counter()
     arguments = {"features_uri": features_uri, **parameters}
-    kfp, run = run_compiled(env, pipelines, "training", arguments)
-    metrics = json.loads(kfp.read_artifact(run.artifact_id("metrics")))
-    imported = [key for key, uri in run.outputs.items() if uri == features_uri]
-    snapshot_data = kfp.read_artifact(run.artifact_ids[imported[0]]) if imported else b""
+    kfp, run = run_compiled(env, pipelines, "training", arguments, package=package)
+    missing = [name for name in ("model", "metrics") if name not in run.pipeline_outputs]
+    if missing:
+        raise ClusterCallError(
+            f"the training pipeline must return outputs model and metrics; it returns "
+            f"{sorted(run.pipeline_outputs) or 'none'} (missing {', '.join(missing)})"
+        )
+    raw, size = [], 0
+    for block in _content(env, run.output("metrics")):
+        size += len(block)
+        if size > MAX_METRICS_BYTES:
+            raise ClusterCallError(f"{env.name}: the metrics of run {run.run_id} exceed {MAX_METRICS_BYTES} bytes")
+        raw.append(block)
+    try:
+        metrics = {str(key): float(value) for key, value in json.loads(b"".join(raw)).items()}
+    except (ValueError, TypeError, AttributeError):
+        raise ClusterCallError(
+            f"{env.name}: the metrics output of run {run.run_id} ({run.output('metrics')}) is not a JSON object of "
+            "name -> number"
+        ) from None
+    snapshot = hashlib.sha256()
+    for block in _content(env, features_uri):
+        snapshot.update(block)
     return TrainingRun(
         env=env.name,
         features_uri=features_uri,
         model_uri=run.output("model"),
-        metrics={key: float(value) for key, value in metrics.items()},
-        snapshot="sha256:" + hashlib.sha256(snapshot_data).hexdigest() if imported else "unknown",
+        metrics=metrics,
+        snapshot="sha256:" + snapshot.hexdigest(),
         params=dict(parameters),
         seconds=round(time.perf_counter() - started, 3),
     )
+
+
+# --- helpers ----------------------------------------------------------------------------------
+
+
+def _named(name: str) -> str:
+    return json.dumps({"predicates": [{"operation": "EQUALS", "key": "display_name", "stringValue": name}]})
+
+
+def _default_timeouts():
+    from ..config import Timeouts
+
+    return Timeouts()
+
+
+def _delays(retry: http.Retry) -> Iterator[float]:
+    """Exponential backoff between the tries of a read, as the HTTP policy's urllib3 Retry spaces them."""
+    delay = retry.backoff
+    for _ in range(max(retry.attempts - 1, 0)):
+        yield min(delay, retry.max_backoff)
+        delay *= 2
+
+
+def _wait(delay: float | None, ends: float) -> bool:
+    """Sleep `delay` before a retry if one is left and it fits before the deadline."""
+    if delay is None or time.monotonic() + delay >= ends:
+        return False
+    time.sleep(delay)
+    return True
+
+
+def _bounded(fn: Callable[..., Any], args: tuple, kwargs: dict, ends: float, what: str, seconds: float, setting: str):
+    """Call fn in a daemon thread and give up at `ends`: kfp.Client has no request timeout, so a
+    server that accepts and never answers would otherwise block forever. Its links
+    ("Run details: …") go to stderr: stdout carries the command's results."""
+    result: dict[str, Any] = {}
+    context = contextvars.copy_context()
+
+    def target() -> None:
+        try:
+            result["value"] = context.run(fn, *args, **kwargs)
+        except BaseException as exc:  # handed to the caller's thread
+            result["error"] = exc
+
+    worker = threading.Thread(target=target, name="mlrail-kfp-call", daemon=True)
+    logging.getLogger("kfp").setLevel(logging.WARNING)
+    with contextlib.redirect_stdout(sys.stderr):
+        worker.start()
+        worker.join(max(0.0, ends - time.monotonic()))
+    if worker.is_alive():
+        raise ClusterCallError(f"{what}: no answer within {seconds:g}s (raise {setting} in {SETTINGS})")
+    if "error" in result:
+        raise result["error"]
+    return result.get("value")
 
 
 def _api_message(exc) -> str:
@@ -451,11 +598,3 @@ def _api_message(exc) -> str:
         except (ValueError, AttributeError):
             return str(body)[:300]
     return str(getattr(exc, "reason", "") or "")
-
-
-@contextlib.contextmanager
-def _quiet():
-    """kfp prints links ("Pipeline details: ...") on stdout: results own stdout, so move them to stderr."""
-    logging.getLogger("kfp").setLevel(logging.WARNING)
-    with contextlib.redirect_stdout(sys.stderr):
-        yield
