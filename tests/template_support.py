@@ -105,31 +105,25 @@ def engine_version() -> str:
 
 
 def engine_wheels() -> Path:
-    """The folder holding the engine wheel generated repositories bootstrap against: the one
-    `make test` built (ENGINE_WHEELS), else built here once (a lock keeps xdist workers from
-    building it side by side). Only third-party packages come from the package index."""
+    """The folder holding the engine wheel generated repositories bootstrap against: ENGINE_WHEELS
+    when given (`make test` builds it first), else build/engine-dist, rebuilt here when engine/
+    is newer (a lock keeps xdist workers from building it side by side). Only third-party
+    packages come from the package index."""
+    wheel_name = f"mlrail-{engine_version()}-py3-none-any.whl"
+    if os.environ.get("ENGINE_WHEELS"):
+        folder = Path(os.environ["ENGINE_WHEELS"]).resolve()
+        assert (folder / wheel_name).is_file(), f"ENGINE_WHEELS={folder} holds no {wheel_name}: run `make engine`"
+        return folder
     from filelock import FileLock
 
-    folder = Path(os.environ.get("ENGINE_WHEELS") or ENGINE_DIST).resolve()
-    wheel = folder / f"mlrail-{engine_version()}-py3-none-any.whl"
+    folder, wheel = ENGINE_DIST, ENGINE_DIST / wheel_name
     folder.mkdir(parents=True, exist_ok=True)
     with FileLock(str(folder / ".build.lock"), timeout=300):
-        sources = [
-            ENGINE / "pyproject.toml",
-            *(p for p in (ENGINE / "src").rglob("*.py")),
-        ]
+        sources = [ENGINE / "pyproject.toml", *(ENGINE / "src").rglob("*.py")]
         if not wheel.exists() or wheel.stat().st_mtime < max(p.stat().st_mtime for p in sources):
             for old in folder.glob("mlrail-*.whl"):
                 old.unlink()
-            argv = [
-                "uv",
-                "build",
-                "--quiet",
-                "--wheel",
-                str(ENGINE),
-                "--out-dir",
-                str(folder),
-            ]
+            argv = ["uv", "build", "--quiet", "--wheel", str(ENGINE), "--out-dir", str(folder)]
             result = subprocess.run(argv, capture_output=True, text=True, timeout=300, check=False)
             assert result.returncode == 0 and wheel.exists(), f"`{' '.join(argv)}` failed:\n{result.stderr}"
     return folder

@@ -105,9 +105,7 @@ def test_tampering_is_detected_and_a_tampered_model_is_never_copied(stores, mode
     stored = staging.put(model_dir)
     blob = staging.backend.client.bucket(BUCKETS[0]).blob(f"models/sha256-{stored.digest[7:]}/model.joblib")
     blob.upload_from_string(b"poisoned")
-    with pytest.raises(
-        ArtifactError, match=r"staging: model gs://\S+ has digest sha256:\w+ but sha256:\w+ was"
-    ):
+    with pytest.raises(ArtifactError, match=r"staging: model gs://\S+ has digest sha256:\w+ but sha256:\w+ was"):
         staging.verify(stored.uri, stored.digest)
     with pytest.raises(ArtifactError, match="was expected"):
         staging.local_path(stored.uri)

@@ -14,7 +14,7 @@ from mlrail.cli import _app
 COMMANDS = {
     "compile", "render", "validate", "run", "sandbox", "staging", "promote", "production", "rollback", "prs",
     "merge", "status", "serve", "smoke", "stop", "endpoints", "diff", "lint-workflows", "ci", "upload-pipeline",
-    "sync", "pr-comment", "ci-summary", "check-config", "config-schema",
+    "sync", "pr-comment", "ci-summary", "check-config", "config-schema", "verify-release", "recreate-registry",
 }  # fmt: skip
 
 

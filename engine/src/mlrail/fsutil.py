@@ -16,6 +16,8 @@ def atomic_write_text(path: Path | str, text: str) -> Path:
     try:
         with os.fdopen(fd, "w") as handle:
             handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())  # the new content is on disk before the name points at it
         os.replace(temp, path)
     except BaseException:
         Path(temp).unlink(missing_ok=True)

@@ -590,6 +590,7 @@ def same_code(a: Release, b: Release) -> bool:
 # --- sandbox ---------------------------------------------------------------------------------
 
 
+@holds("sandbox")
 def run_sandbox(cfg: Config, parameters: dict[str, Any] | None = None) -> FlowReport:
     """Train in the sandbox and register the model there: an experiment, never promoted.
 
@@ -1198,6 +1199,7 @@ def serve_and_smoke(cfg: Config, flow: Flow, env: Environment, model: str) -> fl
 # --- rollback --------------------------------------------------------------------------------
 
 
+@holds("production")
 def open_rollback(cfg: Config, pulls: gitops.PullRequests | None = None) -> tuple[gitops.PullRequest, Release]:
     """Open a PR reverting production's release.yaml to the release it named before the current model."""
     from .artifacts import ArtifactStore

