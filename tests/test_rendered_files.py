@@ -115,3 +115,27 @@ def test_readme_says_how_to_bootstrap_get_a_prediction_and_roll_back(baked):
     assert f"{curl}/v2/models/{project}/infer" in readme
     assert "serving.input_example(" in readme
     assert "Rollback needs an earlier model" in readme
+
+
+def test_bootstrap_installs_the_engine_from_wheels_and_trusts_a_given_environment(baked, tmp_path):
+    """ENGINE_WHEELS: the wheel folder before mlrail is published (a rebuilt wheel of the same
+    version is reinstalled, not taken from uv's cache); BOOTSTRAPPED: `make ci` hands act jobs
+    the repository's own venv, so a job installs nothing."""
+
+    def dry(*args: str) -> str:
+        result = subprocess.run(
+            ["make", "--dry-run", "--always-make", *args],
+            cwd=baked.path,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        )
+        return result.stdout
+
+    wheels = tmp_path / "wheels"
+    assert f"--find-links {wheels} --reinstall-package mlrail -e '.[dev]'" in dry(
+        "bootstrap", f"ENGINE_WHEELS={wheels}"
+    )
+    assert "--find-links" not in dry("bootstrap")
+    assert "pip install" not in dry("bootstrap", "BOOTSTRAPPED=yes", f"VENV={tmp_path / 'venv'}")

@@ -16,67 +16,25 @@ never touches the working tree, the index or the checked-out branch.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
 import subprocess
 import tempfile
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Protocol
 
 from .config import Config
-from .errors import MlopsError
 from .fsutil import atomic_write_text
+from .pulls import STATES, GitOpsError, PullRequest, PullRequests
 
-STATES = ("open", "merged", "closed")
 BACKEND_VAR = "MLOPS_PULL_REQUESTS"  # local | github (default: local unless production runs on a cluster)
+PULLS_LOCK_WAIT_S = 60.0  # writers hold it for a git push at most
 BOT_IDENTITY = {
     "GIT_AUTHOR_NAME": "mlops-bot",
     "GIT_AUTHOR_EMAIL": "mlops-bot@localhost",
     "GIT_COMMITTER_NAME": "mlops-bot",
     "GIT_COMMITTER_EMAIL": "mlops-bot@localhost",
 }
-
-
-class GitOpsError(MlopsError):
-    """A git or pull-request operation cannot proceed; the message says what to fix."""
-
-
-@dataclass
-class PullRequest:
-    number: int
-    branch: str
-    base: str
-    title: str
-    body: str
-    state: str  # open | merged | closed
-    files: list[str] = field(default_factory=list)
-    url: str = ""
-    head: str = ""  # the branch's commit
-    merge_commit: str = ""
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-
-class PullRequests(Protocol):
-    """What the promotion flows need from a code host."""
-
-    def find_open(self, branch: str) -> PullRequest | None: ...
-
-    def open_or_update(
-        self, branch: str, base: str, title: str, body: str, files_changed: dict[str, str]
-    ) -> PullRequest: ...
-
-    def get(self, number: int) -> PullRequest: ...
-
-    def merge(self, number: int) -> PullRequest: ...
-
-    def close(self, number: int) -> PullRequest: ...
-
-    def list(self, state: str | None = None) -> list[PullRequest]: ...
 
 
 # --- git helpers shared by every backend -----------------------------------------------------
@@ -315,13 +273,17 @@ class LocalPullRequests:
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
         # One writer at a time: CI runs one job per environment, people may run two commands.
+        from filelock import FileLock, Timeout
+
         self._lock_path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self._lock_path, "w") as handle:
-            fcntl.flock(handle, fcntl.LOCK_EX)
-            try:
+        try:
+            with FileLock(self._lock_path, timeout=PULLS_LOCK_WAIT_S):
                 yield
-            finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
+        except Timeout:
+            raise GitOpsError(
+                f"{self._lock_path} stayed locked for {PULLS_LOCK_WAIT_S:.0f}s: another command is writing the "
+                "pull requests; rerun when it is done"
+            ) from None
 
     # -- the remote --
 
@@ -376,6 +338,22 @@ class LocalPullRequests:
     def _fetch(self, branch: str) -> str:
         git(self.root, "fetch", "--quiet", "--no-tags", str(self.remote), f"refs/heads/{branch}")
         return git(self.root, "rev-parse", "FETCH_HEAD")
+
+    def record_branch(self, branch: str, base_sha: str, files: dict[str, str], message: str) -> str:
+        """Point `branch` of the remote at `base_sha` + `files` (force); returns the commit."""
+        self._ensure_remote()
+        made = commit_files(self.root, base_sha, files, message)
+        target = made[0] if made else base_sha
+        current = self._remote_ref(branch)
+        if current and made:
+            self._fetch(branch)
+            if tree_of(self.root, current) == tree_of(self.root, target) and (
+                git(self.root, "rev-parse", f"{current}^") == base_sha
+            ):
+                return current
+        if current != target:
+            git(self.root, "push", "--quiet", "--force", str(self.remote), f"{target}:refs/heads/{branch}")
+        return target
 
     def _branch_commit(self, branch: str, base_sha: str, files: dict[str, str], title: str) -> tuple[str, list[str]]:
         current = self._remote_ref(branch)

@@ -322,12 +322,15 @@ def _train(
         flow.skip("features", f"finished earlier: {done['snapshot'][:19]}")
         flow.skip("training", f"finished earlier: {done['model_uri']}")
         return done
+    # The packages this flow compiled (compile_pipelines): uploaded as they are, never compiled again.
+    packages = {name: cfg.root / "build" / "pipelines" / f"{name}.yaml" for name in ("features", "training")}
+    packages = {name: path if path.is_file() else None for name, path in packages.items()}
     with flow.step("features", "training") as step:
         pipelines = cfg.load_pipelines()
-        features = runner.run_features(env, pipelines, feature_params)
+        features = runner.run_features(env, pipelines, feature_params, package=packages["features"])
         step.detail = f"{features.rows} rows, snapshot {features.snapshot[:19]}"
     with flow.step("training", "training") as step:
-        trained = runner.run_training(env, pipelines, features.features_uri, params)
+        trained = runner.run_training(env, pipelines, features.features_uri, params, package=packages["training"])
         step.detail = ", ".join(f"{k} {v:.3f}" for k, v in trained.metrics.items() if k != "test_rows")
         done = {
             "model_uri": trained.model_uri,
@@ -641,6 +644,8 @@ def run_staging(
     env = cfg.env("staging")
     params = _params(cfg, env, parameters)
     flow = Flow("staging", env.name, cfg.promotion)
+    if env.backend != "local":
+        pulls = pulls or gitops.pull_requests(cfg)  # one client: the environment branch, then the PR
     commit = committed_head(cfg, "staging")
     with flow.step("compile") as step:
         image = project_image(cfg, commit, image_digest)
@@ -665,7 +670,10 @@ def run_staging(
     with flow.step("release") as step:
         changed = write_release(overlay_dir(cfg, env.name), release_of(cfg, env.name, registry.get(mv.version)))
         step.detail = f"{env.overlay}/{RELEASE_FILE} {'updated' if changed else 'unchanged'}"
-    p95 = serve_and_smoke(cfg, flow, env, f"v{mv.version}")
+        revision = record_environment(cfg, env, commit, pulls)
+        if revision:
+            step.detail += f", recorded on {ENV_BRANCH_PREFIX}{env.name} at {revision[:12]}"
+    p95 = serve_and_smoke(cfg, flow, env, f"v{mv.version}", revision=revision)
     with flow.step("gates") as step:
         champion = production_champion(cfg)
         results = evaluate_gates(
@@ -676,6 +684,7 @@ def run_staging(
         verdict = "passed" if all(r.passed for r in results) else "failed"
         judged = replace(release_of(cfg, env.name, registry.get(mv.version)), gates=verdict)
         write_release(overlay_dir(cfg, env.name), judged)
+        record_environment(cfg, env, commit, pulls)  # the verdict too; what is served does not change
         _record_verdict(flow, step, registry, mv, results, "staging", extra)
     _mark_challenger(flow, registry, mv)
     with flow.step("pull-request") as step:
@@ -683,6 +692,25 @@ def run_staging(
         step.detail = note
         flow.report.pull_request = pr.to_dict() if pr else None
     return flow.finish()
+
+
+ENV_BRANCH_PREFIX = "env/"  # staging's Argo CD Application follows env/staging (docs/decisions.md)
+
+
+def record_environment(
+    cfg: Config, env: Environment, commit: str, pulls: gitops.PullRequests | None = None
+) -> str | None:
+    """Record the environment's release in git (cluster backend): `env/<env>` becomes `commit` plus the
+    overlay's release.yaml as written, pushed with the App token. Returns that commit, the revision the
+    environment is synced to; None on the local backend (its endpoint serves the overlay directly)."""
+    if env.backend == "local":
+        return None
+    path = overlay_file(cfg, env.name)
+    pulls = pulls or gitops.pull_requests(cfg)
+    text = (cfg.root / path).read_text()
+    return pulls.record_branch(
+        f"{ENV_BRANCH_PREFIX}{env.name}", commit, {path: text}, f"Record the {env.name} release for {commit[:12]}"
+    )
 
 
 def production_champion(cfg: Config) -> Release | None:
@@ -1160,12 +1188,15 @@ def _serve_declared(cfg: Config, flow: Flow) -> None:
     flow.report.model = _model_summary(registry.get(mv.version), env.name)
 
 
-def serve_and_smoke(cfg: Config, flow: Flow, env: Environment, model: str) -> float | None:
+def serve_and_smoke(
+    cfg: Config, flow: Flow, env: Environment, model: str, revision: str | None = None
+) -> float | None:
     """Switch the environment's endpoint to its release and smoke-test it; returns the p95 latency.
 
     Local backend: the MLServer endpoint (blue/green, verified digest). Cluster backend: staging syncs
-    its overlay here (Argo CD or kubectl); production's workflow syncs and smoke-tests in its next
-    steps (`make sync`, `make smoke`), so this flow only records that.
+    to `revision` (the commit recording its release, Argo CD or kubectl) and smoke-tests the URL the
+    synced InferenceService reports; production's workflow syncs and smoke-tests in its next steps
+    (`make sync`, `make smoke`), so this flow only records that.
     """
     from . import serving
 
@@ -1177,11 +1208,16 @@ def serve_and_smoke(cfg: Config, flow: Flow, env: Environment, model: str) -> fl
         from .cluster import sync
 
         with flow.step("deploy", "serving") as step:
-            result = sync.sync(cfg, env)
+            result = sync.sync(cfg, env, revision=revision)
             step.detail = f"{result.method}: {result.target} {result.detail}"
-            flow.report.endpoint = {"url": env.cluster.endpoint_url, "sync": asdict(result)}
-        flow.skip("smoke", f"smoke-test {env.cluster.endpoint_url} with `make smoke ENV={env.name}`")
-        return None
+            flow.report.endpoint = {"url": result.url or env.cluster.endpoint_url, "sync": asdict(result)}
+        with flow.step("smoke") as step:
+            smoke = serving.smoke(cfg, env.name, url=result.url or None)
+            flow.report.smoke = smoke.to_dict()
+            step.detail = f"{smoke.url}: p95 {smoke.p95_ms:.1f} ms, predictions match: {smoke.predictions_match}"
+            if not smoke.passed:
+                raise PromotionError(f"{env.name} smoke test failed for {model}: {'; '.join(smoke.failures)}")
+        return smoke.p95_ms
     with flow.step("deploy", "serving") as step:
         status = serving.deploy_from_overlay(cfg, env.name)
         flow.report.endpoint = status.to_dict()

@@ -18,41 +18,12 @@ import os
 import sys
 import time
 import warnings
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .config import Environment
-from .errors import MlopsError
 from .pipelines import resolve_parameters
-
-
-class PipelineRunError(MlopsError):
-    """A pipeline run failed; the message names the environment and the pipeline."""
-
-
-@dataclass(frozen=True)
-class FeatureRun:
-    env: str
-    features_uri: str
-    snapshot: str
-    rows: int
-    seconds: float
-    params: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class TrainingRun:
-    env: str
-    features_uri: str
-    model_uri: str  # the model directory (an MLflow model)
-    metrics: dict[str, float]
-    snapshot: str
-    params: dict[str, Any] = field(default_factory=dict)  # every parameter the run used, defaults included
-    seconds: float = 0.0
-
-    def to_json(self) -> str:
-        return json.dumps(asdict(self), indent=2, sort_keys=True)
+from .runs import FeatureRun, PipelineRunError, TrainingRun
 
 
 @contextlib.contextmanager
@@ -109,13 +80,16 @@ def bind(pipelines: dict, name: str, parameters: dict[str, Any], sources: dict[s
     return resolve_parameters(pipelines[name], parameters, pipeline=name, target=target, sources=sources)
 
 
-def run_features(env: Environment, pipelines: dict, parameters: dict[str, Any]) -> FeatureRun:
-    """Run the feature pipeline and return where its snapshot is."""
+def run_features(
+    env: Environment, pipelines: dict, parameters: dict[str, Any], package: Path | str | None = None
+) -> FeatureRun:
+    """Run the feature pipeline and return where its snapshot is. `package`: the compiled pipeline
+    the caller already compiled (cluster: uploaded as is, not compiled again)."""
     parameters = bind(pipelines, "features", parameters)
     if env.backend == "cluster":
         from .cluster import kfp_api
 
-        return kfp_api.run_features(env, pipelines, parameters)
+        return kfp_api.run_features(env, pipelines, parameters, package=package)
     started = time.perf_counter()
     task = _run_local(env, "features", pipelines["features"], **parameters)
     dataset = task.output
@@ -129,13 +103,19 @@ def run_features(env: Environment, pipelines: dict, parameters: dict[str, Any]) 
     )
 
 
-def run_training(env: Environment, pipelines: dict, features_uri: str, parameters: dict[str, Any]) -> TrainingRun:
+def run_training(
+    env: Environment,
+    pipelines: dict,
+    features_uri: str,
+    parameters: dict[str, Any],
+    package: Path | str | None = None,
+) -> TrainingRun:
     """Run the training pipeline on a feature snapshot; returns the model and its metrics."""
     parameters = bind(pipelines, "training", parameters)
     if env.backend == "cluster":
         from .cluster import kfp_api
 
-        return kfp_api.run_training(env, pipelines, features_uri, parameters)
+        return kfp_api.run_training(env, pipelines, features_uri, parameters, package=package)
     if not Path(features_uri).exists():
         raise PipelineRunError(f"features_uri {features_uri!r} does not exist in {env.name}")
     started = time.perf_counter()

@@ -776,9 +776,10 @@ def _p95(values: list[float]) -> float:
     return ordered[max(0, math.ceil(0.95 * len(ordered)) - 1)]
 
 
-def smoke(cfg: Config, env_name: str, samples: int = 20) -> SmokeReport:
+def smoke(cfg: Config, env_name: str, samples: int = 20, url: str | None = None) -> SmokeReport:
     """Smoke-test the environment's endpoint with the served model's own input example: the local
-    MLServer, or on the cluster backend the synced InferenceService at `cluster.endpoint_url`."""
+    MLServer, or on the cluster backend the synced InferenceService at `url` (the status.url sync
+    reported), else `cluster.endpoint_url`."""
     env = _require_serving(cfg, env_name)
     model = declared_model(cfg, env)
     max_latency = float(env.gates.get("max_latency_ms", DEFAULT_MAX_LATENCY_MS))
@@ -791,7 +792,7 @@ def smoke(cfg: Config, env_name: str, samples: int = 20) -> SmokeReport:
         store = ArtifactStore(env)
         store.verify(model.storage_uri, model.digest)
         report = smoke_endpoint(
-            env.cluster.endpoint_url,
+            url or env.cluster.endpoint_url,
             model.name,
             store.local_path(model.storage_uri),
             samples=samples,

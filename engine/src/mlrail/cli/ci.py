@@ -78,7 +78,8 @@ def sync_cmd(
     cli.progress(f"{environment.name}: syncing {environment.overlay}")
     result = sync.sync(cfg, environment, revision=revision or os.environ.get("GITHUB_SHA") or None, timeout=timeout)
     print(cli.table([result.__dict__], ["env", "method", "target", "revision", "detail"]))
-    _github_output(served="true" if result.method != "none" else "false")
+    # `url`: the synced InferenceService's status.url, what `smoke --url` tests next
+    _github_output(served="true" if result.method != "none" else "false", url=result.url)
     return 0
 
 

@@ -76,14 +76,21 @@ def sandbox_cmd(param: ParamOption = None, as_json: JsonFlag = False) -> int:
 
 
 @command("staging", "staging flow: compile, train, register, serve + smoke the test endpoint, gates, promotion PR")
-def staging_cmd(param: ParamOption = None, as_json: JsonFlag = False) -> int:
+def staging_cmd(
+    param: ParamOption = None,
+    image_digest: Annotated[
+        str | None,
+        typer.Option(help="the pushed project image's digest (CI: the image job's output); default: the source digest"),
+    ] = None,
+    as_json: JsonFlag = False,
+) -> int:
     from .. import promotion
     from ..console import progress
 
     overrides = parameters(param)
     cfg = load_config()
     progress("staging: compile, train, register, serve the test endpoint, smoke, gates, promotion PR")
-    return _run_flow(promotion.run_staging, as_json, cfg, overrides)
+    return _run_flow(promotion.run_staging, as_json, cfg, overrides, image_digest=image_digest or None)
 
 
 @command(

@@ -44,6 +44,9 @@ def serve_cmd(env: EnvRequired) -> int:
 def smoke_cmd(
     env: EnvRequired,
     samples: Annotated[int, typer.Option(min=1, help="test rows to send")] = 20,
+    url: Annotated[
+        str | None, typer.Option(help="cluster: the URL `sync` reported (default: cluster.endpoint_url)")
+    ] = None,
     as_json: JsonFlag = False,
 ) -> int:
     from .. import serving
@@ -51,7 +54,7 @@ def smoke_cmd(
 
     cfg = load_config()
     progress(f"{env}: smoke-testing the endpoint with {samples} test rows")
-    report = serving.smoke(cfg, env, samples=samples)
+    report = serving.smoke(cfg, env, samples=samples, url=url or None)
     if as_json:
         print(json.dumps(report.to_dict(), indent=2, sort_keys=True))
     else:

@@ -25,7 +25,7 @@ from github import Auth, Github, GithubException, GithubRetry, InputGitTreeEleme
 from github.PullRequest import PullRequest as GhPullRequest
 from urllib3.exceptions import ProtocolError, ReadTimeoutError
 
-from ..gitops import PullRequest
+from ..pulls import PullRequest
 from .http import (
     IDEMPOTENT,
     SETTINGS,
@@ -345,6 +345,28 @@ class GitHubPullRequests:
             head=(data.get("head") or {}).get("sha", ""),
             merge_commit=(data.get("merge_commit_sha") or "") if state == "merged" else "",
         )
+
+    def record_branch(self, branch: str, base_sha: str, files: dict[str, str], message: str) -> str:
+        """Point `branch` (an environment branch Argo CD follows, e.g. env/staging) at `base_sha` +
+        `files`, force-moved; returns the commit. The same content on the same base moves nothing."""
+        repo = self.repo
+        base_commit = self._call(f"reading commit {base_sha[:12]}", repo.get_git_commit, base_sha)
+        entries = [InputGitTreeElement(path, "100644", "blob", content=text) for path, text in files.items()]
+        tree = self._call("writing a tree", repo.create_git_tree, entries, base_commit.tree)
+        current = self.branch_sha(branch)
+        target = base_sha if tree.sha == base_commit.tree.sha else None
+        if target is None and current:
+            commit = self._call(f"reading commit {current[:12]}", repo.get_git_commit, current)
+            if commit.tree.sha == tree.sha and [p.sha for p in commit.parents] == [base_sha]:
+                return current
+        if target is None:
+            target = self._call("writing a commit", repo.create_git_commit, message, tree, [base_commit]).sha
+        if current is None:
+            self._call(f"creating branch {branch}", repo.create_git_ref, f"refs/heads/{branch}", target)
+        elif current != target:
+            ref = self._call(f"reading branch {branch}", repo.get_git_ref, f"heads/{branch}")
+            self._call(f"moving branch {branch}", ref.edit, target, force=True)
+        return target
 
     def _branch_commit(self, branch: str, base: str, files: dict[str, str], message: str) -> str:
         """One commit on top of `base` holding `files`, built with the git data API (no clone)."""

@@ -468,7 +468,7 @@ def _content(env: Environment, uri: str) -> Iterator[bytes]:
 
 def run_features(env: Environment, pipelines: dict, parameters: dict[str, Any], package: Path | str | None = None):
     """The feature pipeline on the cluster; its one output's content hash is the data snapshot."""
-    from ..runner import FeatureRun
+    from ..runs import FeatureRun
 
     started = time.perf_counter()
     kfp, run = run_compiled(env, pipelines, "features", dict(parameters), package=package)
@@ -497,7 +497,7 @@ def run_training(
 ):
     """The training pipeline on the cluster: the URI of its `model` output (a directory under the
     pipeline root, stored and registered from there) and the `metrics` its evaluation wrote."""
-    from ..runner import TrainingRun
+    from ..runs import TrainingRun
 
     started = time.perf_counter()
     arguments = {"features_uri": features_uri, **parameters}
