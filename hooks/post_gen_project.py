@@ -3,6 +3,7 @@
 
 import json
 import os
+import re
 import shlex
 import shutil
 import subprocess
@@ -70,6 +71,42 @@ def apply_promotion(choice):
 def apply_argocd(choice):
     if choice == "no":
         remove("deploy/argocd")
+    keep_regions("argocd", choice)
+
+
+# Workflows are copied without rendering (GitHub expressions fill them), so an option's variants of a
+# step live in marked regions: `# [<option>: <choice>, ...]` ... `# [end <option>]`, each marker
+# alone on its line. Every region of the option is kept (without its markers) when the chosen
+# value is listed, else removed with its markers. Regions of different options may nest.
+WORKFLOW_GLOBS = (".github/workflows/*.yml", ".github/workflows/*.yaml")
+
+
+def keep_regions(option, choice):
+    begin = re.compile(rf"^\s*# \[{option}: ([a-z0-9, -]+)\]\s*$")
+    end = re.compile(rf"^\s*# \[end {option}\]\s*$")
+    for pattern in WORKFLOW_GLOBS:
+        for path in sorted(ROOT.glob(pattern)):
+            text = path.read_text(encoding="utf-8")
+            kept, region, opened = [], None, 0
+            for number, line in enumerate(text.splitlines(keepends=True), start=1):
+                if match := begin.match(line):
+                    if region is not None:
+                        sys.exit(f"error: {path.name}:{number}: a [{option}] region opened inside the one of line {opened}.")
+                    region, opened = {c.strip() for c in match.group(1).split(",")}, number
+                elif end.match(line):
+                    if region is None:
+                        sys.exit(f"error: {path.name}:{number}: [end {option}] without its opening marker.")
+                    region = None
+                elif region is None or choice in region:
+                    kept.append(line)
+            if region is not None:
+                sys.exit(f"error: {path.name}:{opened}: the [{option}] region is never closed.")
+            path.write_text("".join(kept), encoding="utf-8")
+
+
+def apply_cloud(choice):
+    """The workflows keep the credential steps of the chosen cloud only (aws, gcp or none)."""
+    keep_regions("cloud", choice)
 
 
 def _git(*argv):
@@ -155,7 +192,7 @@ def next_steps():
     engine = CONTEXT.get("_engine_version", "")
     print(
         f"Generated {CONTEXT['project']} in {where} ({CONTEXT['promotion']} promotion, "
-        f"Argo CD: {CONTEXT['argocd']}). Next:"
+        f"Argo CD: {CONTEXT['argocd']}, cloud: {CONTEXT['cloud']}, environments as {CONTEXT['isolation']}). Next:"
     )
     print(f"  cd {shlex.quote(where)} && make bootstrap && make check")
     print(f"Before mlrail {engine} is on your package index, bootstrap from a folder holding its wheel:")
@@ -165,6 +202,7 @@ def next_steps():
 def main():
     apply_promotion(CONTEXT["promotion"])
     apply_argocd(CONTEXT["argocd"])
+    apply_cloud(CONTEXT["cloud"])
     record_answers()
     initial_commit()
     if not CONTEXT.get("_commit"):  # cruft re-renders the template for diff/update: no advice then

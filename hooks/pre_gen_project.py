@@ -36,6 +36,8 @@ ANSWERS = {
     "kubernetes_version": json.loads({{ cookiecutter.kubernetes_version | tojson | tojson }}),
     "python_version": json.loads({{ cookiecutter.python_version | tojson | tojson }}),
     "argocd": json.loads({{ cookiecutter.argocd | tojson | tojson }}),
+    "cloud": json.loads({{ cookiecutter.cloud | tojson | tojson }}),
+    "isolation": json.loads({{ cookiecutter.isolation | tojson | tojson }}),
 }
 
 
@@ -122,6 +124,16 @@ def check_argocd(value):
         return "yes or no"
 
 
+def check_cloud(value):
+    if value not in ("aws", "gcp", "none"):
+        return "aws, gcp or none"
+
+
+def check_isolation(value):
+    if value not in ("namespaces", "clusters"):
+        return "namespaces (one cluster, a namespace per environment) or clusters (a cluster per environment)"
+
+
 CHECKS = {
     "project_name": check_project_name,
     "project": check_project,
@@ -137,6 +149,8 @@ CHECKS = {
     "kubernetes_version": check_kubernetes_version,
     "python_version": check_python_version,
     "argocd": check_argocd,
+    "cloud": check_cloud,
+    "isolation": check_isolation,
 }
 
 

@@ -11,6 +11,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+import yaml
 from mlrail import workflows
 from template_support import PROJECT_TEMPLATE, ROOT, VARIANTS, generated_repo_env, run_make
 
@@ -101,7 +102,7 @@ def promote_through_act(project: Path, production: str, env: dict[str, str] | No
         make(project, "merge", f"PR={deployment['number']}")
         rows = job_rows(make(project, "ci", "EVENT=push"))
         assert rows == {f"{production}/production": "succeeded", f"{production}/rollback": "skipped"}
-    assert "modelVersion: none" not in (project / PRODUCTION_RELEASE).read_text()
+    assert yaml.safe_load((project / PRODUCTION_RELEASE).read_text())["data"]["modelVersion"] != "none"
 
 
 def commit_note(project: Path, text: str) -> None:

@@ -35,6 +35,7 @@ def seed_registry(db, target):
         connection.execute(
             "UPDATE experiments SET artifact_location = ? WHERE experiment_id = 0", (str(target.parent / "mlruns/0"),)
         )
+    target.with_name(target.name + ".created").touch()  # as Registry does when it creates one
 
 
 @pytest.fixture()

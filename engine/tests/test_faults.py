@@ -138,6 +138,18 @@ def test_a_fresh_environment_still_creates_its_registry(lifecycle):
     assert (env.local_dir / "registry.db").is_file()
 
 
+def test_a_fresh_environment_may_store_its_first_model_before_its_registry_exists(lifecycle, tmp_path):
+    # The flows store a model, then register it: in a new environment the store holds that first
+    # model a moment before the registry is first opened, which must not read as a lost registry.
+    cfg = lifecycle("transit")
+    env = cfg.env("sandbox")
+    database = env.local_dir / "registry.db"
+    database.unlink()
+    database.with_name("registry.db.created").unlink()  # this environment never had a registry
+    mv = register(cfg, "sandbox", tmp_path)
+    assert mv.version == "1" and database.is_file()
+
+
 # --- finding 7: broken local state is one line, not a traceback -----------------------------
 
 

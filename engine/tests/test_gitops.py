@@ -174,3 +174,18 @@ def test_commit_order_and_file_history(repo):
     assert [(c, s) for c, s, _ in log] == [(second, "Roll back to 2"), (first, "initial")]
     assert [text for _, _, text in log] == ["version: 2\n", "version: none\n"]
     assert gitops.diff_paths(repo, first, second) == [MODEL]
+
+
+def test_a_pull_request_opened_from_another_clone_is_checked_then_merged(repo, tmp_path):
+    # CI (act, or a runner) opens the PR from its own copy: the head commit is only in the remote.
+    local = LocalPullRequests(repo, repo / ".mlops")
+    local.list()  # the record and the remote are shared through .mlops
+    ci_copy = tmp_path / "ci"
+    subprocess.run(["git", "clone", "--quiet", str(repo), str(ci_copy)], check=True)
+    pr = LocalPullRequests(ci_copy, repo / ".mlops").open_or_update(
+        "promote/ci", "main", "Promote ci", "body", {MODEL: "version: 7\n"}
+    )
+    seen = []
+    merged = local.merge(pr.number, check=lambda p: seen.append(gitops.show(repo, p.head, MODEL)))
+    assert seen == ["version: 7\n"] and merged.state == "merged"
+    assert (repo / MODEL).read_text() == "version: 7\n"

@@ -223,6 +223,8 @@ class LocalPullRequests:
             pr = self.get(number)
             if pr.state == "closed":
                 raise GitOpsError(f"pull request #{number} is closed; open a new one instead of merging it")
+            if pr.state == "open" and pr.head and (self.remote / "HEAD").exists() and not self._has_commit(pr.head):
+                self._fetch(pr.branch)  # opened elsewhere (CI): bring its commits; no local ref moves
             if check is not None:
                 check(pr)  # e.g. the release provenance: refused before anything is published
             self._ensure_remote()
@@ -334,6 +336,9 @@ class LocalPullRequests:
                 f"local main ({local[:12]}) and the remote's main ({remote[:12]}) have diverged: "
                 f"merge or rebase local main onto {self.remote} main, then rerun"
             )
+
+    def _has_commit(self, sha: str) -> bool:
+        return _git_ok(self.root, "cat-file", "-e", f"{sha}^{{commit}}")
 
     def _fetch(self, branch: str) -> str:
         git(self.root, "fetch", "--quiet", "--no-tags", str(self.remote), f"refs/heads/{branch}")

@@ -62,6 +62,11 @@ _ALIAS = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]{0,254}$")
 _LOCAL_SOURCE_REFUSED = "To use a local path as a model version source"
 
 
+def _created_marker(database: Path) -> Path:
+    """Written beside a registry database when it is created: from then on its absence is a loss."""
+    return database.with_name(database.name + ".created")
+
+
 class RegistryError(MlopsError):
     """A registry call failed or a version/alias does not exist; names the environment."""
 
@@ -186,11 +191,15 @@ class Registry:
         self.client = MlflowClient(tracking_uri=self.uri, registry_uri=self.uri)
 
     def _refuse_silent_recreation(self, database: Path) -> None:
-        """A registry is created empty only before the store holds any model."""
+        """A registry is created empty only once: a registry that existed (its marker says so) and is
+        gone while the store still holds models is lost history, not a fresh environment. (A fresh
+        environment may store its first model a moment before it opens its registry.)"""
         if database.exists():
             raise RegistryError(
                 f"the {self.env.name} registry {database} is not a file; move it away (expected the SQLite database)"
             )
+        if not _created_marker(database).exists():
+            return
         try:
             stored = ArtifactStore(self.env).digests()
         except ArtifactError:
@@ -232,6 +241,7 @@ class Registry:
                 os.fsync(handle.fileno())
             with contextlib.suppress(FileExistsError):  # never replace a registry another process just made
                 os.link(partial, database)
+            _created_marker(database).touch()
         finally:
             event.remove(Engine, "connect", no_sync)
             partial.unlink(missing_ok=True)
