@@ -66,8 +66,10 @@ def check_package(value):
         return "a lowercase Python identifier (letters, digits, '_', not starting with a digit)"
     if keyword.iskeyword(value) or keyword.issoftkeyword(value):
         return "a Python identifier that is not a keyword"
-    if value in sys.stdlib_module_names or value in {"kfp", "mlflow", "sklearn", "mlserver", "yaml"}:
+    if value in sys.stdlib_module_names or value in {"kfp", "mlflow", "sklearn", "mlserver", "yaml", "mlrail"}:
         return "a name that does not shadow a standard-library or dependency module"
+    if len(value) > MAX_PROJECT:  # the longest the tests check: generated code stays within 120 columns
+        return f"at most {MAX_PROJECT} characters"
 
 
 def check_description(value):

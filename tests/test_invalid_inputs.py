@@ -22,6 +22,8 @@ INVALID = [
     ({"package": "match"}, "package", "match"),
     ({"package": "json"}, "package", "json"),
     ({"package": "sklearn"}, "package", "sklearn"),
+    ({"package": "mlrail"}, "package", "mlrail"),
+    ({"package": "p" * 44}, "package", "p" * 44),
     ({"package": "churn-classifier"}, "package", "churn-classifier"),
     ({"package": "2churn"}, "package", "2churn"),
     ({"github_owner": "-my-org"}, "github_owner", "-my-org"),

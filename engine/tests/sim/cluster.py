@@ -667,7 +667,8 @@ class ClusterSimulation:
         from mlflow import MlflowClient
 
         client = MlflowClient(tracking_uri=self.mlflow[env].url, registry_uri=self.mlflow[env].url)
-        found = client.search_model_versions(f"name = '{model_name}'")
+        # search does not return aliases: read each version
+        found = [client.get_model_version(model_name, v.version) for v in client.search_model_versions(f"name = '{model_name}'")]
         return sorted(
             ({"version": int(v.version), "source": v.source, "tags": dict(v.tags), "aliases": list(v.aliases)} for v in found),
             key=lambda v: v["version"],
