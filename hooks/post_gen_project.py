@@ -91,7 +91,8 @@ def keep_regions(option, choice):
             for number, line in enumerate(text.splitlines(keepends=True), start=1):
                 if match := begin.match(line):
                     if region is not None:
-                        sys.exit(f"error: {path.name}:{number}: a [{option}] region opened inside the one of line {opened}.")
+                        where = f"{path.name}:{number}"
+                        sys.exit(f"error: {where}: a [{option}] region opened inside the one of line {opened}.")
                     region, opened = {c.strip() for c in match.group(1).split(",")}, number
                 elif end.match(line):
                     if region is None:

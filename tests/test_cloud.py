@@ -77,7 +77,7 @@ def test_workflows_keep_only_the_chosen_cloud(projects, combo):
                 assert CLOUD_ENV[other] not in text, f"{name} ({cloud}) still reads {CLOUD_ENV[other]}"
     used, kubeconfig_steps, oidc_jobs = set(), 0, []
     for name, workflow in _workflows(project).items():
-        for job_id, job, step in _steps(workflow):
+        for job_id, _job, step in _steps(workflow):
             used.add(_action(step))
             kubeconfig_steps += step.get("name", "").startswith("Cluster credentials")
             uses = step.get("uses", "")

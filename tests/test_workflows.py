@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 from mlrail import workflows
-from template_support import PROJECT_TEMPLATE, ROOT, VARIANTS, generated_repo_env, run_make
+from template_support import PROJECT_TEMPLATE, ROOT, VARIANTS, generated_repo_env, load_hook, run_make
 
 
 def lint(root: Path) -> dict[str, list[str]]:
@@ -35,11 +35,17 @@ def test_generated_github_folder_has_zero_findings(variant, baked_variants):
 
 
 @pytest.mark.parametrize("variant", sorted(VARIANTS))
-def test_workflows_are_copied_verbatim(variant, baked_variants):
-    """Workflows are not rendered (_copy_without_render): GitHub's own expressions survive."""
-    project = baked_variants(variant).path
-    for path in (project / ".github" / "workflows").glob("*.yml"):
-        assert path.read_bytes() == (PROJECT_TEMPLATE / ".github" / "workflows" / path.name).read_bytes()
+def test_workflows_are_copied_verbatim(variant, baked_variants, tmp_path):
+    """Workflows are not rendered (_copy_without_render): GitHub's own expressions survive; the
+    post-gen hook only drops the marked regions of the options not chosen (keep_regions)."""
+    baked = baked_variants(variant)
+    shutil.copytree(PROJECT_TEMPLATE / ".github" / "workflows", tmp_path / ".github" / "workflows")
+    hook = load_hook("post_gen_project", baked.answers)
+    hook.ROOT = tmp_path
+    hook.keep_regions("argocd", baked.answers["argocd"])
+    hook.keep_regions("cloud", baked.answers["cloud"])
+    for path in (baked.path / ".github" / "workflows").glob("*.yml"):
+        assert path.read_bytes() == (tmp_path / ".github" / "workflows" / path.name).read_bytes()
 
 
 def test_codeowners_names_the_release_owners(baked_variants):

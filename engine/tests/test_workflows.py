@@ -21,6 +21,8 @@ PINS = {
     "docker/login-action": ("4907a6ddec9925e35a0a9e82d7399ccc52663121", "v4.1.0"),
     "docker/build-push-action": ("53b7df96c91f9c12dcc8a07bcb9ccacbed38856a", "v7.3.0"),
     "aws-actions/configure-aws-credentials": ("e6de054238d6b7531b4efff3b6587d9aade6a06c", "v6.2.3"),
+    "google-github-actions/auth": ("7c6bc770dae815cd3e89ee6cdf493a5fab2cc093", "v3.0.0"),
+    "google-github-actions/get-gke-credentials": ("3da1e46a907576cefaa90c484278bb5b259dd395", "v3.0.0"),
 }
 WORKFLOWS = workflows.workflows(ROOT)
 ENVIRONMENTS = ("sandbox", "staging", "production")
