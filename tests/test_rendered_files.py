@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import tomllib
@@ -122,10 +123,14 @@ def test_bootstrap_installs_the_engine_from_wheels_and_trusts_a_given_environmen
     version is reinstalled, not taken from uv's cache); BOOTSTRAPPED: `make ci` hands act jobs
     the repository's own venv, so a job installs nothing."""
 
+    # The template's own `make test` exports ENGINE_WHEELS: this test sets it or leaves it out itself.
+    environment = {k: v for k, v in os.environ.items() if k not in ("ENGINE_WHEELS", "MAKEFLAGS", "MFLAGS")}
+
     def dry(*args: str) -> str:
         result = subprocess.run(
             ["make", "--dry-run", "--always-make", *args],
             cwd=baked.path,
+            env=environment,
             capture_output=True,
             text=True,
             timeout=60,

@@ -31,16 +31,21 @@ pytestmark = [
 
 MODEL = "churn-classifier"
 RELEASE = "deploy/overlays/{env}/release.yaml"
-PR_STEPS = ("check-config", "compile", "render", "validate", "diff BASE={base}", "pr-comment PR={pr} FILE=build/diff.md")
+PR_STEPS = (
+    "check-config",
+    "compile",
+    "render",
+    "validate",
+    "diff BASE={base}",
+    "pr-comment PR={pr} FILE=build/diff.md",
+)
 
 
 def generate(out: Path, promotion: str) -> Path:
     from cookiecutter.main import cookiecutter
 
     template = Path(__file__).resolve().parents[2]
-    return Path(
-        cookiecutter(str(template), no_input=True, output_dir=str(out), extra_context={"promotion": promotion})
-    )
+    return Path(cookiecutter(str(template), no_input=True, output_dir=str(out), extra_context={"promotion": promotion}))
 
 
 def release(sim, ref: str, env: str) -> dict:
@@ -158,6 +163,9 @@ def _first_staging(sim) -> tuple[str, dict, int]:
     assert namespaces == {sim.namespaces["staging"]}, namespaces
     versions_staging = sim.registry_versions("staging", MODEL)
     assert [v["version"] for v in versions_staging] == [1]
+    # the smoke test of the synced InferenceService fed the latency gate (max_latency_ms) in staging
+    assert float(versions_staging[0]["tags"]["smoke.p95_ms"]) > 0
+    assert versions_staging[0]["tags"]["gates"] == "passed"
     assert versions_staging[0]["source"].startswith(f"{sim.store}://{sim.buckets['staging']}/models/sha256-")
     assert any(key.startswith("pipeline-root/") for key in sim.objects("staging"))
     promotion = [p for p in sim.pulls() if p["head"]["ref"].startswith("promote/")]
@@ -276,3 +284,92 @@ def _report(sim, name: str, started: float) -> None:
     jobs = [{"identity": j.identity, "steps": list(j.targets), "seconds": j.seconds} for j in sim.jobs]
     total = round(time.perf_counter() - started, 1)
     print(json.dumps({"scenario": name, "seconds": total, "start": sim.timings.get("start"), "jobs": jobs}, indent=1))
+
+
+# --- through act: the generated workflows themselves -------------------------------------------------
+
+
+def _act(sim, identity, sha, workflow, event, **kwargs):
+    from sim.cluster import act_run
+
+    result, run = act_run(sim, identity, sha, workflow, event, **kwargs)
+    failed = [j for j in run.jobs if j.result == "failed"]
+    assert run.returncode == 0 and not failed, f"{workflow} ({event}) under act failed:\n{result.output[-8000:]}"
+    return result, run
+
+
+def _pr_payload(sim, number: int) -> dict:
+    from sim.cluster import REPOSITORY
+
+    pr = next(p for p in sim.pulls() if p["number"] == number)
+    repo = {"full_name": REPOSITORY}
+    return {
+        "action": "synchronize",
+        "number": number,
+        "pull_request": {
+            "number": number,
+            "head": {"ref": pr["head"]["ref"], "sha": pr["head"]["sha"], "repo": repo},
+            "base": {"ref": "main", "sha": pr["base"]["sha"], "repo": repo},
+        },
+    }
+
+
+@pytest.mark.parametrize(("promotion", "store"), [("transit", "gs"), ("retrain", "s3")])
+def test_workflows_through_act(tmp_path, monkeypatch, no_proxy, promotion, store):
+    started = time.perf_counter()
+    production_workflow = f"production-{promotion}.yml"
+    with _simulation(tmp_path, monkeypatch, promotion, store) as sim:
+        # PR: the overlay diff job posts the sticky comment on the emulated GitHub.
+        number = open_dev_pr(sim, "Train a little longer", lambda t: t.replace("max_iter: 1000", "max_iter: 1200"))
+        pr = next(p for p in sim.pulls() if p["number"] == number)
+        _act(sim, "pull-request", pr["head"]["sha"], "pull-request.yml", "pull_request",
+             payload=_pr_payload(sim, number), job="diff")  # fmt: skip
+        comments = [c for c in sim.github.comments.values() if c["_issue"] == number]
+        assert len(comments) == 1 and "mlops-overlay-diff" in comments[0]["body"]
+        merged = sim.merge(number, "squash")
+
+        # Merge to main: the staging workflow (image digest stand-in, train, release on env/staging, sync, smoke, PR).
+        _act(sim, "staging", merged, "staging.yml", "push")
+        staged = release(sim, "env/staging", "staging")
+        assert staged["image"].endswith(f"@{sim.image_digest}") and staged["gates"] == "passed"
+        assert serves(sim, "staging", staged)
+        promotion_pr = [p for p in sim.pulls() if p["head"]["ref"].startswith("promote/")]
+        assert len(promotion_pr) == 1
+        merge1 = sim.merge(promotion_pr[0]["number"])
+
+        # The promotion merge: the production workflow.
+        _act(sim, "production", merge1, production_workflow, "push")
+        if promotion == "retrain":
+            assert sim.served("production") is None
+            deploy = [p for p in sim.pulls() if p["head"]["ref"].startswith("deploy/")]
+            assert len(deploy) == 1
+            merge1 = sim.merge(deploy[0]["number"])
+            _act(sim, "production", merge1, production_workflow, "push")
+        prod = release(sim, "main", "production")
+        assert serves(sim, "production", prod)
+        assert any(s == merge1 for app, s in sim.argocd.syncs if app == f"{MODEL}-production")
+        predict(sim.served("production").url)
+        assert [v["version"] for v in sim.registry_versions("production", MODEL)] == [1]
+
+        # Rollback needs an earlier production model: a second promotion, then the manual rollback run.
+        number = open_dev_pr(sim, "Longer still", lambda t: t.replace("max_iter: 1200", "max_iter: 1500"))
+        _act(sim, "staging", sim.merge(number, "squash"), "staging.yml", "push")
+        second_pr = [p for p in sim.pulls() if p["head"]["ref"].startswith("promote/") and p["state"] == "open"]
+        merge2 = sim.merge(second_pr[0]["number"])
+        _act(sim, "production", merge2, production_workflow, "push")
+        if promotion == "retrain":
+            deploy = [p for p in sim.pulls() if p["head"]["ref"].startswith("deploy/") and p["state"] == "open"]
+            _act(sim, "production", sim.merge(deploy[0]["number"]), production_workflow, "push")
+        second = release(sim, "main", "production")
+        assert second["modelDigest"] != prod["modelDigest"] and serves(sim, "production", second)
+
+        _act(sim, "production", sim.main(), production_workflow, "workflow_dispatch",
+             payload={"ref": "refs/heads/main"}, inputs={"action": "rollback"})  # fmt: skip
+        rollback = [p for p in sim.pulls() if p["head"]["ref"].startswith("rollback/")]
+        assert len(rollback) == 1
+        _act(sim, "production", sim.merge(rollback[0]["number"]), production_workflow, "push")
+        assert serves(sim, "production", prod)
+        predict(sim.served("production").url)
+        assert [v["version"] for v in sim.registry_versions("production", MODEL)] == [1, 2]
+        assert_separated(sim)
+        _report(sim, f"act {promotion} {store}://", started)

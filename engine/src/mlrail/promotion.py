@@ -1188,9 +1188,7 @@ def _serve_declared(cfg: Config, flow: Flow) -> None:
     flow.report.model = _model_summary(registry.get(mv.version), env.name)
 
 
-def serve_and_smoke(
-    cfg: Config, flow: Flow, env: Environment, model: str, revision: str | None = None
-) -> float | None:
+def serve_and_smoke(cfg: Config, flow: Flow, env: Environment, model: str, revision: str | None = None) -> float | None:
     """Switch the environment's endpoint to its release and smoke-test it; returns the p95 latency.
 
     Local backend: the MLServer endpoint (blue/green, verified digest). Cluster backend: staging syncs

@@ -298,7 +298,14 @@ def act_binary() -> str:
 
 
 def act_command(
-    root: Path, workflow: Workflow, event: str, event_file: Path, inputs: dict[str, str], work: Path
+    root: Path,
+    workflow: Workflow,
+    event: str,
+    event_file: Path,
+    inputs: dict[str, str],
+    work: Path,
+    backend: str = "local",
+    job: str | None = None,
 ) -> list[str]:
     command = [
         act_binary(),
@@ -313,7 +320,7 @@ def act_command(
         "-W",
         str(workflow.path.relative_to(root)),
         "--var",
-        "MLOPS_BACKEND=local",
+        f"MLOPS_BACKEND={backend}",
         "--env",
         f"MLOPS_LOCAL_ROOT={local_root(root)}",
     ]
@@ -324,6 +331,12 @@ def act_command(
             command += ["--local-repository", f"{repo_ref}={folder}"]
     for key, value in inputs.items():
         command += ["--input", f"{key}={value}"]
+    if job:
+        command += ["-j", job]
+    # The run's own variables, secrets and environment (the cluster simulation: one identity per run).
+    for option, name in (("--var-file", "vars"), ("--secret-file", "secrets"), ("--env-file", "env")):
+        path = work / f"{workflow.path.stem}-{event}.{name}"
+        command += [option, str(path if path.is_file() else os.devnull)]
     return command
 
 
@@ -359,7 +372,12 @@ def run_act(
     inputs: dict[str, str],
     progress=None,
     timeout: float = 3600.0,
+    backend: str = "local",
+    job: str | None = None,
+    settings: dict[str, dict[str, str]] | None = None,
 ) -> ActRun:
+    """Run one workflow for `event` under act. `backend` becomes vars.MLOPS_BACKEND; `settings`
+    ({"vars"|"secrets"|"env": {name: value}}) are written to files act reads (never the command line)."""
     unguarded = unguarded_uses(workflow)
     if unguarded:
         raise WorkflowError("steps act cannot run offline lack the condition `!env.ACT`: " + "; ".join(unguarded))
@@ -367,7 +385,14 @@ def run_act(
     local_root(root).mkdir(parents=True, exist_ok=True)
     event_file = atomic_write_text(work / f"{event}.json", json.dumps(payload, indent=2) + "\n")
     log = work / f"{workflow.path.stem}-{event}.log"
-    command = act_command(root, workflow, event, event_file, inputs, work)
+    for name in ("vars", "secrets", "env"):
+        path = work / f"{workflow.path.stem}-{event}.{name}"
+        path.unlink(missing_ok=True)
+        values = (settings or {}).get(name)
+        if values:
+            atomic_write_text(path, "".join(f"{key}={value}\n" for key, value in values.items()))
+            path.chmod(0o600)
+    command = act_command(root, workflow, event, event_file, inputs, work, backend=backend, job=job)
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
     env.pop("MLOPS_BACKEND", None)  # the workflow decides (vars.MLOPS_BACKEND=local)
     started = time.perf_counter()

@@ -104,7 +104,9 @@ class AccessLog:
 
     def touched(self, identity: str, service: str | None = None) -> set[str]:
         return {
-            a.env for a in self.entries if a.identity == identity and a.env and (service is None or a.service == service)
+            a.env
+            for a in self.entries
+            if a.identity == identity and a.env and (service is None or a.service == service)
         }
 
     def denied(self) -> list[Access]:
@@ -149,7 +151,9 @@ class PolicedS3:
                     b'<?xml version="1.0" encoding="UTF-8"?><Error><Code>AccessDenied</Code>'
                     b"<Message>Access Denied</Message></Error>"
                 )
-                start_response("403 Forbidden", [("Content-Type", "application/xml"), ("Content-Length", str(len(body)))])
+                start_response(
+                    "403 Forbidden", [("Content-Type", "application/xml"), ("Content-Length", str(len(body)))]
+                )
                 return [body]
             return app(environ, start_response)
 
@@ -163,7 +167,7 @@ class PolicedS3:
         self._server.shutdown()
         self._thread.join(timeout=10)
 
-    def client(self, key: str = "cluster"):
+    def client(self, key: str = "AKIACLUSTER"):
         import boto3
 
         return boto3.session.Session(
@@ -303,7 +307,9 @@ class MlflowServer:
         ends = time.monotonic() + ready_s
         while time.monotonic() < ends:
             if self.process.poll() is not None:
-                raise RuntimeError(f"mlflow server ({self.env}) exited: {(self.workdir / 'server.log').read_text()[-800:]}")
+                raise RuntimeError(
+                    f"mlflow server ({self.env}) exited: {(self.workdir / 'server.log').read_text()[-800:]}"
+                )
             try:
                 if requests.get(f"{self.url}/health", timeout=2).ok:
                     return self
@@ -435,7 +441,12 @@ class ClusterSimulation:
         self.github = GitHubEmulator(
             self.bare,
             REPOSITORY,
-            tokens={APP_TOKEN: APP_LOGIN, PR_TOKEN: "github-actions[bot]", REVIEWER_TOKEN: "release-owner", DEV_TOKEN: "developer"},
+            tokens={
+                APP_TOKEN: APP_LOGIN,
+                PR_TOKEN: "github-actions[bot]",
+                REVIEWER_TOKEN: "release-owner",
+                DEV_TOKEN: "developer",
+            },
             merge_methods=("merge", "squash"),
         )
         self._stack.enter_context(self.github)
@@ -517,7 +528,9 @@ class ClusterSimulation:
                "GIT_COMMITTER_NAME": "dev", "GIT_COMMITTER_EMAIL": "dev@example.com"}  # fmt: skip
         git(tree, "init", "--quiet", "--initial-branch=main")
         git(tree, "add", "-A")
-        git(tree, "commit", "--quiet", "-m", "Generated from the template, cluster settings for the simulation", env=env)
+        git(
+            tree, "commit", "--quiet", "-m", "Generated from the template, cluster settings for the simulation", env=env
+        )
         self.bare.parent.mkdir(parents=True, exist_ok=True)
         git(self.bare.parent, "clone", "--quiet", "--bare", str(tree), str(self.bare))
         return git(self.bare, "rev-parse", "refs/heads/main")
@@ -601,10 +614,10 @@ class ClusterSimulation:
             code = done.returncode
             if code != 0:
                 break
-        outputs = dict(
-            line.split("=", 1) for line in output_file.read_text().splitlines() if "=" in line
+        outputs = dict(line.split("=", 1) for line in output_file.read_text().splitlines() if "=" in line)
+        result = JobResult(
+            identity, sha, steps, code, "\n".join(chunks), round(time.perf_counter() - started, 1), outputs
         )
-        result = JobResult(identity, sha, steps, code, "\n".join(chunks), round(time.perf_counter() - started, 1), outputs)
         self.jobs.append(result)
         return result
 
@@ -668,9 +681,15 @@ class ClusterSimulation:
 
         client = MlflowClient(tracking_uri=self.mlflow[env].url, registry_uri=self.mlflow[env].url)
         # search does not return aliases: read each version
-        found = [client.get_model_version(model_name, v.version) for v in client.search_model_versions(f"name = '{model_name}'")]
+        found = [
+            client.get_model_version(model_name, v.version)
+            for v in client.search_model_versions(f"name = '{model_name}'")
+        ]
         return sorted(
-            ({"version": int(v.version), "source": v.source, "tags": dict(v.tags), "aliases": list(v.aliases)} for v in found),
+            (
+                {"version": int(v.version), "source": v.source, "tags": dict(v.tags), "aliases": list(v.aliases)}
+                for v in found
+            ),
             key=lambda v: v["version"],
         )
 
@@ -692,3 +711,68 @@ class ClusterSimulation:
 def simulation(workdir: Path, source: Path, store: str) -> Iterator[ClusterSimulation]:
     with ClusterSimulation(workdir, source, store) as sim:
         yield sim
+
+
+# --- the same jobs through act --------------------------------------------------------------------------
+
+
+def act_settings(sim: ClusterSimulation, identity: str, workspace: Path) -> dict[str, dict[str, str]]:
+    """What GitHub would give the run: repository variables, the environment's secrets, and (standing
+    in for OIDC and the App token steps act skips) the identity's credentials as job environment."""
+    environ = sim.job_environment(identity, "", workspace)
+    passed = (
+        "AWS_", "STORAGE_EMULATOR_HOST", "GOOGLE_CLOUD_PROJECT", "MLFLOW_TRACKING_TOKEN", "GITHUB_API_URL",
+    )  # fmt: skip
+    env = {key: value for key, value in environ.items() if key.startswith(passed)}
+    env["MLFLOW_DISABLE_TELEMETRY"] = "true"
+    env["IMAGE_DIGEST_STANDIN"] = sim.image_digest
+    secrets = {"KFP_TOKEN": environ.get("KFP_TOKEN", "none")}
+    if identity in ("staging", "production"):
+        env["GITHUB_TOKEN"] = APP_TOKEN  # the App token step's output, which GH_TOKEN falls back to
+        secrets["ARGOCD_AUTH_TOKEN"] = sim.argocd_tokens[identity]
+    else:
+        secrets["GITHUB_TOKEN"] = PR_TOKEN  # github.token of a pull_request run
+    return {"vars": {"ARGOCD_SERVER": sim.argocd.url}, "secrets": secrets, "env": env}
+
+
+def act_run(
+    sim: ClusterSimulation,
+    identity: str,
+    sha: str,
+    workflow: str,
+    event: str,
+    payload: dict[str, Any] | None = None,
+    inputs: dict[str, str] | None = None,
+    job: str | None = None,
+):
+    """Run `.github/workflows/<workflow>` for `event` through act, in a checkout of `sha`, as `identity`."""
+    from mlrail import workflows
+
+    name = f"{len(sim.jobs):02d}-act-{identity}"
+    workspace = sim.checkout(sha, name)
+    # act names the repository (github.repository) from the origin remote
+    git(workspace, "remote", "set-url", "origin", f"https://github.com/{REPOSITORY}.git")
+    repository = {"full_name": REPOSITORY, "default_branch": "main", "name": REPOSITORY.split("/")[1]}
+    if payload is None and event == "push":
+        before = git(workspace, "rev-parse", f"{sha}^")
+        payload = {"ref": "refs/heads/main", "before": before, "after": sha, "head_commit": {"id": sha}}
+    payload = {"repository": repository, **(payload or {}), **({"inputs": inputs} if inputs else {})}
+    loaded = workflows.Workflow.load(workspace / ".github" / "workflows" / workflow)
+    started = time.perf_counter()
+    run = workflows.run_act(
+        workspace,
+        loaded,
+        event,
+        payload,
+        inputs or {},
+        timeout=900,
+        backend="cluster",
+        job=job,
+        settings=act_settings(sim, identity, workspace),
+    )
+    log = run.log.read_text(errors="replace")
+    result = JobResult(
+        identity, sha, (f"act {event} {workflow}",), run.returncode, log, round(time.perf_counter() - started, 1), {}
+    )
+    sim.jobs.append(result)
+    return result, run
