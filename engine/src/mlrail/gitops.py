@@ -18,11 +18,11 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import subprocess
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from . import git as gitcmd
 from .config import Config
 from .fsutil import atomic_write_text
 from .pulls import STATES, GitOpsError, PullRequest, PullRequests
@@ -42,23 +42,11 @@ BOT_IDENTITY = {
 
 def git(root: Path, *args: str, env: dict[str, str] | None = None, input_text: str | None = None) -> str:
     """Run git in `root` and return its stripped stdout; a failure is a GitOpsError."""
-    result = subprocess.run(
-        ["git", *args],
-        cwd=root,
-        env={**os.environ, **(env or {})},
-        input=input_text,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if result.returncode != 0:
-        detail = (result.stderr or result.stdout).strip().splitlines()
-        raise GitOpsError(f"`git {' '.join(args)}` failed in {root}: {detail[-1] if detail else 'no output'}")
-    return result.stdout.strip()
+    return gitcmd.run(root, *args, error=GitOpsError, env=env, input=input_text)
 
 
 def _git_ok(root: Path, *args: str) -> bool:
-    return subprocess.run(["git", *args], cwd=root, capture_output=True, check=False).returncode == 0
+    return gitcmd.ok(root, *args)
 
 
 def require_repository(root: Path) -> None:
@@ -80,13 +68,12 @@ def identity(root: Path) -> dict[str, str]:
 
 
 def git_config(root: Path, key: str) -> str:
-    result = subprocess.run(["git", "config", key], cwd=root, capture_output=True, text=True, check=False)
-    return result.stdout.strip()
+    return gitcmd.probe(root, "config", key).stdout.strip()
 
 
 def show(root: Path, ref: str, path: str) -> str | None:
     """A file's content at `ref`, or None when it does not exist there."""
-    result = subprocess.run(["git", "show", f"{ref}:{path}"], cwd=root, capture_output=True, text=True, check=False)
+    result = gitcmd.probe(root, "show", f"{ref}:{path}")
     return result.stdout if result.returncode == 0 else None
 
 
@@ -105,10 +92,7 @@ def file_log(root: Path, path: str, ref: str = "HEAD") -> list[tuple[str, str, s
 
 def is_ancestor(root: Path, older: str, newer: str) -> bool | None:
     """Whether `older` is an ancestor of (or equal to) `newer`; None when git does not know either commit."""
-    result = subprocess.run(
-        ["git", "merge-base", "--is-ancestor", older, newer], cwd=root, capture_output=True, check=False
-    )
-    return {0: True, 1: False}.get(result.returncode)
+    return {0: True, 1: False}.get(gitcmd.probe(root, "merge-base", "--is-ancestor", older, newer).returncode)
 
 
 def diff_paths(root: Path, base: str, head: str = "HEAD") -> list[str]:
@@ -140,13 +124,8 @@ def tree_of(root: Path, commit: str) -> str:
 
 def uncommitted_paths(root: Path, paths: tuple[str, ...] | list[str]) -> list[str]:
     """Paths under `paths` with uncommitted changes (staged, unstaged or untracked)."""
-    out = subprocess.run(
-        ["git", "status", "--porcelain", "-z", "--untracked-files=all", "--", *paths],
-        cwd=root,
-        capture_output=True,
-        text=True,
-        check=False,  # outside a git repository nothing counts as uncommitted
-    ).stdout
+    # outside a git repository nothing counts as uncommitted
+    out = gitcmd.probe(root, "status", "--porcelain", "-z", "--untracked-files=all", "--", *paths).stdout
     return [entry[3:] for entry in out.split("\0") if len(entry) > 3]
 
 
@@ -293,13 +272,7 @@ class LocalPullRequests:
         return git(self.root, "--git-dir", str(self.remote), *args, env=env)
 
     def _remote_ref(self, branch: str) -> str | None:
-        result = subprocess.run(
-            ["git", "--git-dir", str(self.remote), "rev-parse", "--verify", "--quiet", f"refs/heads/{branch}"],
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-        return result.stdout.strip() or None
+        return gitcmd.rev(self.remote, f"refs/heads/{branch}")
 
     def _ensure_remote(self) -> None:
         """Create the bare remote on first use, name it origin if there is none, publish local main."""
@@ -315,13 +288,7 @@ class LocalPullRequests:
 
     def _publish_main(self) -> None:
         """Local commits on main stand for merges to main: push them when they fast-forward."""
-        local = subprocess.run(
-            ["git", "rev-parse", "--verify", "--quiet", "refs/heads/main"],
-            cwd=self.root,
-            capture_output=True,
-            text=True,
-            check=False,
-        ).stdout.strip()
+        local = gitcmd.rev(self.root, "refs/heads/main")
         if not local:
             raise GitOpsError(f"{self.root} has no `main` branch; pull requests target main")
         remote = self._remote_ref("main")
@@ -388,13 +355,7 @@ class LocalPullRequests:
         if _git_ok(self.remote, "merge-base", "--is-ancestor", base_sha, head):
             merged = head
         else:
-            result = subprocess.run(
-                ["git", "merge-tree", "--write-tree", base_sha, head],
-                cwd=self.remote,
-                capture_output=True,
-                text=True,
-                check=False,
-            )
+            result = gitcmd.probe(self.remote, "merge-tree", "--write-tree", base_sha, head)
             if result.returncode != 0:
                 raise GitOpsError(
                     f"pull request #{pr.number} conflicts with {pr.base} in {', '.join(pr.files)}: "
@@ -428,9 +389,7 @@ class LocalPullRequests:
                 f"local {pr.base} has commits that are not in the remote: push or rebase them, "
                 f"then run `merge --pr {pr.number}` again to fast-forward"
             )
-        current = subprocess.run(
-            ["git", "symbolic-ref", "--quiet", "--short", "HEAD"], cwd=self.root, capture_output=True, text=True
-        ).stdout.strip()
+        current = gitcmd.probe(self.root, "symbolic-ref", "--quiet", "--short", "HEAD").stdout.strip()
         if current != pr.base:
             git(self.root, "update-ref", f"refs/heads/{pr.base}", target, local)
             return

@@ -38,6 +38,7 @@ from typing import Any
 
 import yaml
 
+from . import git as gitcmd
 from . import kustomize
 from .console import table
 from .errors import MlopsError
@@ -68,26 +69,17 @@ class DiffError(MlopsError):
 
 
 def _git(repo: Path, *args: str) -> str:
-    result = subprocess.run(["git", *args], cwd=repo, capture_output=True, text=True, check=False)
-    if result.returncode != 0:
-        raise DiffError(f"git {args[0]} failed in {repo}: {result.stderr.strip() or result.returncode}")
-    return result.stdout
+    return gitcmd.run(repo, *args, error=DiffError, strip=False)
 
 
 def resolve(repo: Path, ref: str, option: str = "ref") -> str:
     """The commit a ref names, or one clear error naming the option."""
     if not ref or ref.startswith("-") or any(ch.isspace() for ch in ref):
         raise DiffError(f"{option} {ref!r} is not a git ref: pass a branch, tag or commit, e.g. origin/main")
-    result = subprocess.run(
-        ["git", "rev-parse", "--verify", "--quiet", ref + "^{commit}"],
-        cwd=repo,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if result.returncode != 0:
+    commit = gitcmd.rev(repo, ref + "^{commit}")
+    if commit is None:
         raise DiffError(f"{option} {ref!r} is not a commit in {repo}: fetch it (git fetch origin) or fix the name")
-    return result.stdout.strip()
+    return commit
 
 
 @dataclass(frozen=True)

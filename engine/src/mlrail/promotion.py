@@ -852,7 +852,7 @@ def _pr_release(cfg: Config, pr: gitops.PullRequest) -> Release | None:
 
 
 def _candidate_order(cfg: Config, ours: str, pr: gitops.PullRequest) -> str:
-    """"newer" when the PR's candidate was trained from a commit that descends from ours (commit order,
+    """ "newer" when the PR's candidate was trained from a commit that descends from ours (commit order,
     `git merge-base --is-ancestor`), "same" for the same commit, else "older" (unknown counts as older)."""
     theirs = _pr_release(cfg, pr)
     if theirs is None or theirs.commit == NONE or ours == NONE:

@@ -10,16 +10,15 @@ Dockerfile, a pinned dependency) changes the compiled pipelines and therefore th
 from __future__ import annotations
 
 import hashlib
-import subprocess
 from pathlib import Path
 
+from . import git as gitcmd
 from .errors import MlopsError
 
 # What goes into the project image: the package, its pinned dependencies and the build recipe.
 SOURCE_PATHS = ("src", "pyproject.toml", "Dockerfile")
 DIGEST_PREFIX = "sha256:"
 IMAGE_VAR = "PROJECT_IMAGE"  # what the team's components read at import (their base_image)
-GIT_TIMEOUT_S = 60
 
 
 class SourceError(MlopsError):
@@ -27,18 +26,7 @@ class SourceError(MlopsError):
 
 
 def _git(root: Path, args: list[str], stdin: bytes | None = None) -> bytes:
-    try:
-        result = subprocess.run(
-            ["git", *args], cwd=root, input=stdin, capture_output=True, timeout=GIT_TIMEOUT_S, check=False
-        )
-    except FileNotFoundError:
-        raise SourceError("git is not on PATH: the source digest is read from git objects") from None
-    except subprocess.TimeoutExpired:
-        raise SourceError(f"git {args[0]} in {root} did not finish in {GIT_TIMEOUT_S}s") from None
-    if result.returncode != 0:
-        message = result.stderr.decode(errors="replace").strip().splitlines()
-        raise SourceError(f"git {args[0]} failed in {root}: {message[-1] if message else result.returncode}")
-    return result.stdout
+    return gitcmd.run(root, *args, error=SourceError, input=stdin, binary=True)
 
 
 def source_files(root: Path | str, commit: str = "HEAD") -> list[tuple[str, str, str]]:

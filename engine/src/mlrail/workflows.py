@@ -25,6 +25,7 @@ from typing import Any
 
 import yaml
 
+from . import git as gitcmd
 from .errors import MlopsError
 from .fsutil import atomic_write_text
 
@@ -189,10 +190,7 @@ def cli_commands(recipe: list[str]) -> list[str]:
 
 
 def _git(root: Path, *args: str) -> str:
-    result = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, check=False)
-    if result.returncode != 0:
-        raise WorkflowError(f"`git {' '.join(args)}` failed in {root}: {result.stderr.strip()}")
-    return result.stdout.strip()
+    return gitcmd.run(root, *args, error=WorkflowError)
 
 
 NULL_SHA = "0" * 40  # GitHub's `before` for a push that created the branch
@@ -219,8 +217,7 @@ def event_payload(root: Path, event: str, ref: str, base: str | None, inputs: di
         }
         return {"action": "synchronize", "number": 1, "pull_request": pull, "repository": repository}
     if event == "push":
-        parent = subprocess.run(["git", "rev-parse", "--verify", "--quiet", "HEAD~1"], cwd=root, capture_output=True)
-        before = base or parent.stdout.decode().strip() or NULL_SHA
+        before = base or gitcmd.rev(root, "HEAD~1") or NULL_SHA
         message = _git(root, "log", "-1", "--format=%s")
         return {
             "ref": ref,

@@ -93,8 +93,7 @@ def os_error_line(exc: OSError) -> str:
         return f"cannot use {path}: it is a folder where a file belongs; move it away and rerun"
     reason = exc.strerror or type(exc).__name__
     return (
-        f"cannot use {path}: {reason}; check that the folders on that path are writable folders "
-        "(not files) and rerun"
+        f"cannot use {path}: {reason}; check that the folders on that path are writable folders (not files) and rerun"
     )
 
 

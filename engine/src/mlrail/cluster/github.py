@@ -16,7 +16,6 @@ from __future__ import annotations
 import math
 import os
 import re
-import subprocess
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -25,6 +24,7 @@ from github import Auth, Github, GithubException, GithubRetry, InputGitTreeEleme
 from github.PullRequest import PullRequest as GhPullRequest
 from urllib3.exceptions import ProtocolError, ReadTimeoutError
 
+from .. import git as gitcmd
 from ..pulls import PullRequest
 from .http import (
     IDEMPOTENT,
@@ -96,9 +96,7 @@ def repository_from_environment(cwd: str | os.PathLike | None = None) -> str:
         if not re.fullmatch(r"[\w.-]+/[\w.-]+", repo):
             raise GitHubError(f"GITHUB_REPOSITORY={repo!r} is not of the form owner/repo")
         return repo
-    result = subprocess.run(
-        ["git", "remote", "get-url", "origin"], cwd=cwd, capture_output=True, text=True, check=False
-    )
+    result = gitcmd.probe(cwd or ".", "remote", "get-url", "origin")
     match = re.search(r"github\.com[:/]+([\w.-]+)/([\w.-]+?)(?:\.git)?/?$", result.stdout.strip())
     if result.returncode != 0 or not match:
         raise GitHubError(

@@ -28,7 +28,6 @@ import hashlib
 import json
 import logging
 import os
-import subprocess
 import sys
 import tempfile
 import threading
@@ -40,6 +39,7 @@ from typing import Any
 
 import yaml
 
+from .. import git as gitcmd
 from ..config import Environment
 from . import http
 from .http import ClusterCallError
@@ -94,10 +94,10 @@ def commit_sha(root: Path | None = None) -> str:
     sha = os.environ.get("GITHUB_SHA", "").strip()
     if sha:
         return sha
-    result = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=False)
-    if result.returncode != 0:
+    head = gitcmd.rev(root or ".", "HEAD")
+    if head is None:
         raise ClusterCallError("cannot name the pipeline version: no GITHUB_SHA and `git rev-parse HEAD` failed")
-    return result.stdout.strip()
+    return head
 
 
 def version_name(commit: str) -> str:

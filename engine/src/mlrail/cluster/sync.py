@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .. import git as gitcmd
 from ..config import Config, Environment
 from ..errors import MlopsError
 from .http import SETTINGS, ClusterCallError, JsonApi, Retry, Timeouts, deadline
@@ -87,13 +88,7 @@ def _sync_local(cfg: Config, env: Environment) -> SyncResult:
 
 
 def _git_head(root: Path) -> str:
-    try:
-        result = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=False, timeout=30
-        )
-    except subprocess.TimeoutExpired:
-        return "unknown"
-    return result.stdout.strip() or "unknown"
+    return gitcmd.rev(root, "HEAD") or "unknown"
 
 
 # --- Argo CD ------------------------------------------------------------------------------
