@@ -2,7 +2,7 @@
 
 A model is a directory (KServe downloads and serves the directory named by `storageUri`). The
 store keeps it at `<artifact_root>/models/sha256-<hex>/`, where the hex is the digest of its
-content, so a URI names exactly one model forever: `model.yaml` can point at it immutably, a put
+content, so a URI names exactly one model forever: a release can point at it immutably, a put
 of the same model is a no-op and a copy can be verified end to end.
 
 Writes are atomic: a model is assembled in a hidden temp folder beside its final place and then
