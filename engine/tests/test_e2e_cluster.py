@@ -25,6 +25,7 @@ import requests
 import yaml
 
 pytestmark = [
+    pytest.mark.slow,
     pytest.mark.skipif(shutil.which("kubectl") is None, reason="Argo CD's emulator renders overlays with kubectl"),
     pytest.mark.skipif(shutil.which("make") is None, reason="jobs run the Makefile's targets"),
 ]

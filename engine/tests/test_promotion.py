@@ -108,11 +108,11 @@ def test_retrain_forwards_every_parameter_of_the_release(project_copy, monkeypat
         compiled_with.append(image)
         return {"pipeline": declared.pipeline}
 
-    def features(env, pipelines, params):
+    def features(env, pipelines, params, package=None):
         seen["features"] = params
         return SimpleNamespace(rows=1, snapshot="sha256:" + "0" * 64, features_uri=str(project_copy / "f.csv"))
 
-    def training(env, pipelines, features_uri, params):
+    def training(env, pipelines, features_uri, params, package=None):
         seen["training"] = params
         (project_copy / "model").mkdir()
         snapshot = "sha256:" + "0" * 64
@@ -197,22 +197,32 @@ def test_promotion_body_compares_candidate_and_champion(project_copy):
 
 
 def test_cluster_staging_syncs_its_overlay_and_production_leaves_it_to_the_workflow(project_copy, monkeypatch):
-    from mlrail import config
+    from mlrail import config, serving
     from mlrail.cluster import sync
 
     monkeypatch.setenv("MLOPS_BACKEND", "cluster")
     cfg = config.load()
     synced = []
 
-    def fake_sync(cfg, env):
-        synced.append(env.name)
-        return sync.SyncResult(env.name, "kubectl", env.overlay, "abc", "InferenceService ready")
+    smoked = []
+
+    def fake_sync(cfg, env, revision=None):
+        synced.append((env.name, revision))
+        return sync.SyncResult(env.name, "kubectl", env.overlay, revision, "Ready", url="http://isvc.example:8080")
+
+    def fake_smoke(cfg, env_name, url=None):
+        smoked.append((env_name, url))
+        return SimpleNamespace(passed=True, p95_ms=12.5, url=url, predictions_match=True, failures=(), to_dict=dict)
 
     monkeypatch.setattr(sync, "sync", fake_sync)
+    monkeypatch.setattr(serving, "smoke", fake_smoke)
     staging = promotion.Flow("staging", "staging", "transit")
-    assert promotion.serve_and_smoke(cfg, staging, cfg.env("staging"), "v1") is None
-    assert synced == ["staging"] and staging.report.endpoint["sync"]["method"] == "kubectl"
-    assert [(s.step, s.status) for s in staging.report.steps] == [("deploy", "done"), ("smoke", "skipped")]
+    # staging syncs to the commit recording its release, then smoke-tests the URL the sync reported
+    assert promotion.serve_and_smoke(cfg, staging, cfg.env("staging"), "v1", revision="f" * 40) == 12.5
+    assert synced == [("staging", "f" * 40)] and staging.report.endpoint["sync"]["method"] == "kubectl"
+    assert smoked == [("staging", "http://isvc.example:8080")]
+    assert [(s.step, s.status) for s in staging.report.steps] == [("deploy", "done"), ("smoke", "done")]
+    synced = [name for name, _ in synced]
     production = promotion.Flow("production", "production", "transit")
     assert promotion.serve_and_smoke(cfg, production, cfg.env("production"), "v1") is None
     assert synced == ["staging"] and {s.status for s in production.report.steps} == {"skipped"}
