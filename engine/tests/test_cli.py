@@ -110,14 +110,14 @@ def test_param_options_reach_the_flow_as_data(project_copy, runner, monkeypatch)
 
 
 def test_a_failed_gate_exits_3_and_an_interrupt_130(project_copy, runner, monkeypatch):
-    def failing(cfg, parameters):
+    def failing(cfg, parameters, **_options):
         raise promotion.GateFailure("staging gates failed", promotion.Flow("staging", "staging", "transit").finish())
 
     monkeypatch.setattr(promotion, "run_staging", failing)
     result = runner.invoke(_app.app, ["staging"])
     assert result.exit_code == 3 and result.stderr.strip().endswith("error: staging gates failed")
 
-    def interrupted(cfg, parameters):
+    def interrupted(cfg, parameters, **_options):
         raise KeyboardInterrupt
 
     monkeypatch.setattr(promotion, "run_staging", interrupted)
