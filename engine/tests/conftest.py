@@ -20,3 +20,11 @@ def project_copy(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("MLOPS_BACKEND", "local")
     return tmp_path
+
+
+@pytest.fixture()
+def no_proxy(monkeypatch):
+    """Every server of the cluster simulation is on 127.0.0.1: never through a proxy."""
+    for name in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")

@@ -170,3 +170,13 @@ def test_app_tokens_name_the_app_by_client_id():
             if step.get("uses", "").startswith("actions/create-github-app-token@"):
                 assert set(step["with"]) >= {"client-id", "private-key"} and "app-id" not in step["with"], job_id
                 assert step["with"]["client-id"].strip() == "$" + "{" * 2 + " vars.APP_CLIENT_ID " + "}" * 2
+
+
+def test_staging_and_production_compile_and_upload_only_inside_their_flow():
+    """The flow compiles once (pinned to the image digest) and uploads that package: a separate
+    `make compile` / `make upload-pipeline` step would compile and upload the pipelines again."""
+    for workflow in WORKFLOWS:
+        if not workflow.path.name.startswith(("staging", "production")):
+            continue
+        extra = [t for t in workflow.make_targets() if t in ("compile", "upload-pipeline")]
+        assert not extra, f"{workflow.path.name} runs `make {extra[0]}` beside its flow"
