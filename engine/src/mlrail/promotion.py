@@ -558,22 +558,6 @@ def committed_text(cfg: Config, env: str) -> str | None:
     return gitops.show(cfg.root, "HEAD", overlay_file(cfg, env))
 
 
-def committed_release(cfg: Config, env: str) -> Release:
-    """The release main names for `env`, refusing a working-tree file that differs from it:
-    what an environment runs is named by a commit, never by an uncommitted edit."""
-    path = overlay_file(cfg, env)
-    text = committed_text(cfg, env)
-    if text is None:
-        raise PromotionError(f"{path} is not committed on {BASE_BRANCH}: commit the overlay's release first")
-    working = cfg.root / path
-    if working.is_file() and working.read_text() != text:
-        raise PromotionError(
-            f"{path} has uncommitted changes: {env} runs only the release committed on {BASE_BRANCH}; "
-            "change it through a pull request (or discard the edit)"
-        )
-    return release_from_text(text, f"{path} at HEAD")
-
-
 def render_committed_like(cfg: Config, env: str, release: Release) -> str:
     """release.yaml text for `release`, keeping the committed file's header comments."""
     return render_like(release, committed_text(cfg, env))
