@@ -48,6 +48,35 @@ def test_workflows_are_copied_verbatim(variant, baked_variants, tmp_path):
         assert path.read_bytes() == (tmp_path / ".github" / "workflows" / path.name).read_bytes()
 
 
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_pull_request_verifies_the_changed_releases(variant, baked_variants):
+    """The PR check runs the production verification (`make verify-release`) on the release files a
+    PR changes, as a read-only identity of its own: the `release-check` Environment's MLflow token,
+    only `contents: read`, the base commit in the clone; on every PR, so that a fork's (which gets no
+    secrets) cannot change a release past it."""
+    project = baked_variants(variant).path
+    workflow = yaml.safe_load((project / ".github" / "workflows" / "pull-request.yml").read_text())
+    job = workflow["jobs"]["release"]
+    assert job["environment"] == "release-check"
+    assert job["permissions"] == {"contents": "read"}
+    assert "if" not in job
+    assert job["env"] == {
+        "MLOPS_BACKEND": "${{ vars.MLOPS_BACKEND || 'cluster' }}",
+        "MLFLOW_TRACKING_TOKEN": "${{ secrets.MLFLOW_TRACKING_TOKEN }}",
+    }
+    checkout = job["steps"][0]
+    assert checkout["uses"].startswith("actions/checkout@")
+    assert checkout["with"] == {"persist-credentials": False, "fetch-depth": 0}
+    verify = [step for step in job["steps"] if "verify-release" in step.get("run", "")]
+    assert len(verify) == 1 and verify[0]["run"] == 'make verify-release BASE="$BASE_SHA"'
+    assert verify[0]["env"] == {"BASE_SHA": "${{ github.event.pull_request.base.sha }}"}
+    # every job that opens a registry sends its Environment's MLflow token
+    for name in ("sandbox.yml", "staging.yml", f"production-{VARIANTS[variant]['promotion']}.yml"):
+        flow = yaml.safe_load((project / ".github" / "workflows" / name).read_text())
+        main_job = flow["jobs"][name.split(".")[0].split("-")[0]]
+        assert main_job["env"]["MLFLOW_TRACKING_TOKEN"] == "${{ secrets.MLFLOW_TRACKING_TOKEN }}", name
+
+
 def test_codeowners_names_the_release_owners(baked_variants):
     baked = baked_variants("custom-retrain-argocd")
     owners = (baked.path / ".github" / "CODEOWNERS").read_text()
@@ -142,7 +171,7 @@ def test_workflows_run_with_act_through_a_whole_promotion(answers, pull_request,
             git(project, "checkout", "-qb", "feature/docs")
             commit_note(project, "Pull request checks run offline")
             rows = job_rows(make(project, "ci", "EVENT=pull_request"))
-            assert rows == {"pull-request.yml/checks": "succeeded", "pull-request.yml/diff": "succeeded"}
+            assert rows == {f"pull-request.yml/{job}": "succeeded" for job in ("checks", "diff", "release")}
             git(project, "checkout", "-q", "main")
             git(project, "merge", "-q", "--ff-only", "feature/docs")
         else:

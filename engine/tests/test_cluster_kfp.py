@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import socket
+import threading
 import time
 
 import pytest
@@ -142,6 +143,25 @@ def test_a_run_past_its_timeout_is_reported_with_the_run_the_url_and_the_setting
     assert f"run 'slow' ({run_id}) did not finish within 0.5s (state RUNNING)" in message
     assert f"it keeps running at {cluster.url}/#/runs/details/{run_id}" in message
     assert "raise timeouts.run_s in config/environments.yaml" in message
+
+
+def test_a_cancelled_run_ends_the_wait_with_its_state(cluster, packages):
+    """kfp.Client.wait_for_run_completion knows no CANCELED state (it would wait out timeouts.run_s):
+    a run cancelled in the KFP UI ends the wait with one line naming it."""
+    kfp = client(cluster.url)
+    version = kfp.upload(packages["features"], "222222222222")
+
+    def cancel() -> None:
+        deadline = time.monotonic() + 10
+        while not cluster.runs and time.monotonic() < deadline:
+            time.sleep(0.05)
+        cluster._set_state(next(iter(cluster.runs.values())), "CANCELED")
+
+    with cluster.hold_runs(), pytest.raises(ClusterCallError) as caught:
+        threading.Thread(target=cancel, daemon=True).start()
+        kfp.run(version, {}, "cancelled", "churn-classifier-staging", 20, "s3://churn-classifier-staging-models/r")
+    run_id = next(iter(cluster.runs))
+    assert f"run 'cancelled' ({run_id}) ended CANCELED" in str(caught.value)
 
 
 def test_reads_are_retried_on_5xx(cluster):

@@ -50,6 +50,14 @@ def _pr_payload(sim, number: int) -> dict:
     }
 
 
+def _release_job(sim, number: int) -> None:
+    """The PR workflow's release job on a promotion, deployment or rollback PR, as release-check."""
+    pr = next(p for p in sim.pulls() if p["number"] == number)
+    result, _ = _act(sim, "release-check", pr["head"]["sha"], "pull-request.yml", "pull_request",
+                     payload=_pr_payload(sim, number), job="release")  # fmt: skip
+    assert "deploy/overlays/production/release.yaml: verified" in result.output, result.output[-4000:]
+
+
 @pytest.mark.parametrize(("promotion", "store"), [("transit", "gs"), ("retrain", "s3")])
 def test_workflows_through_act(tmp_path, monkeypatch, no_proxy, promotion, store):
     started = time.perf_counter()
@@ -71,6 +79,7 @@ def test_workflows_through_act(tmp_path, monkeypatch, no_proxy, promotion, store
         assert serves(sim, "staging", staged)
         promotion_pr = [p for p in sim.pulls() if p["head"]["ref"].startswith("promote/")]
         assert len(promotion_pr) == 1
+        _release_job(sim, promotion_pr[0]["number"])
         merge1 = sim.merge(promotion_pr[0]["number"])
 
         # The promotion merge: the production workflow.
@@ -79,6 +88,7 @@ def test_workflows_through_act(tmp_path, monkeypatch, no_proxy, promotion, store
             assert sim.served("production") is None
             deploy = [p for p in sim.pulls() if p["head"]["ref"].startswith("deploy/")]
             assert len(deploy) == 1
+            _release_job(sim, deploy[0]["number"])
             merge1 = sim.merge(deploy[0]["number"])
             _act(sim, "production", merge1, production_workflow, "push")
         prod = release(sim, "main", "production")
@@ -103,6 +113,7 @@ def test_workflows_through_act(tmp_path, monkeypatch, no_proxy, promotion, store
              payload={"ref": "refs/heads/main"}, inputs={"action": "rollback"})  # fmt: skip
         rollback = [p for p in sim.pulls() if p["head"]["ref"].startswith("rollback/")]
         assert len(rollback) == 1
+        _release_job(sim, rollback[0]["number"])
         _act(sim, "production", sim.merge(rollback[0]["number"]), production_workflow, "push")
         assert serves(sim, "production", prod)
         predict(sim.served("production").url)

@@ -16,6 +16,7 @@ smoke -> a second promotion -> a rollback. Assertions read the simulated systems
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import time
 from pathlib import Path
@@ -92,6 +93,29 @@ def pr_checks(sim, number: int):
     return sim.job("pull-request", pr["head"]["sha"], *steps).check()
 
 
+def release_check(sim, number: int, passes: bool = True):
+    """The PR workflow's release job: `make verify-release` against the PR's base, as the read-only
+    release-check identity (MLflow reads of staging and production, nothing else)."""
+    pr = next(p for p in sim.pulls() if p["number"] == number)
+    result = sim.job("release-check", pr["head"]["sha"], f"verify-release BASE={pr['base']['sha']}")
+    if passes:
+        result.check()
+        assert "release.yaml: verified" in result.output, result.output[-3000:]
+    else:
+        assert result.returncode != 0 and "Error 4" in result.output, result.output[-3000:]
+    return result
+
+
+def forged_release_pr(sim, title: str, **fields: str) -> int:
+    """Someone edits production's release.yaml by hand in a PR (fields replaced in its data)."""
+    path = RELEASE.format(env="production")
+    text = sim.show("main", path)
+    for key, value in fields.items():
+        text, count = re.subn(rf"^(  {key}): .*$", rf"\1: {value}", text, flags=re.MULTILINE)
+        assert count == 1, key
+    return sim.open_pull_request(f"dev/forged-{int(time.time() * 1000)}", {path: text}, title)
+
+
 def serves(sim, env: str, data: dict) -> bool:
     """KServe serves the release's model: its content-addressed storage URI (the digest is in it),
     downloaded by the storage initializer; the files MLServer loaded hash to the release's digest."""
@@ -113,6 +137,9 @@ def assert_separated(sim):
     assert sim.log.touched("staging") <= {"staging"}, sim.log.touched("staging")
     assert "production" not in sim.log.touched("staging", "mlflow")
     assert sim.log.touched("pull-request") == set()
+    # the PR's release check read registries, and only read them
+    checks = [a for a in sim.log.entries if a.identity == "release-check"]
+    assert checks and {a.service for a in checks} == {"mlflow"} and {a.method for a in checks} == {"GET"}
     staging_argocd = sim.argocd_tokens["staging"]
     paths = {path for _, path, token in sim.argocd.requests if token == staging_argocd}
     assert paths and all(f"{MODEL}-staging" in path for path in paths), paths
@@ -175,6 +202,7 @@ def test_transit_on_gcs(tmp_path, monkeypatch, no_proxy):
         assert sim.objects("production") == []
         assert sim.registry_versions("production", MODEL) == []
 
+        release_check(sim, promotion)
         merge1 = sim.merge(promotion)
         production_job(sim, merge1)
         prod = release(sim, "main", "production")
@@ -188,6 +216,9 @@ def test_transit_on_gcs(tmp_path, monkeypatch, no_proxy):
         assert any(s == merge1 for app, s in sim.argocd.syncs if app == f"{MODEL}-production")
         first = predict(served.url)
         assert first["model_name"] == MODEL and first["outputs"]
+        # A hand-edited release naming a digest staging never registered fails the PR early.
+        forged = release_check(sim, forged_release_pr(sim, "Swap the model", modelDigest="sha256:" + "0" * 64), False)
+        assert "data.modelDigest is sha256:000" in forged.output and "but staging v1 holds" in forged.output
 
         # A second promotion: a new model (different parameters), promoted and served.
         number = open_dev_pr(sim, "Longer still", lambda t: t.replace("max_iter: 1200", "max_iter: 1500"))
@@ -195,6 +226,7 @@ def test_transit_on_gcs(tmp_path, monkeypatch, no_proxy):
         staging_job(sim, merged2)
         open_promotions = [p for p in sim.pulls() if p["head"]["ref"].startswith("promote/") and p["state"] == "open"]
         assert len(open_promotions) == 1
+        release_check(sim, open_promotions[0]["number"])
         merge2 = sim.merge(open_promotions[0]["number"])
         production_job(sim, merge2)
         second = release(sim, "main", "production")
@@ -207,6 +239,7 @@ def test_transit_on_gcs(tmp_path, monkeypatch, no_proxy):
         sim.job("production", merge2, "rollback").check()
         rollback = [p for p in sim.pulls() if p["head"]["ref"].startswith("rollback/")]
         assert len(rollback) == 1 and sim.pull_files(rollback[0]["number"]) == [RELEASE.format(env="production")]
+        release_check(sim, rollback[0]["number"])
         merge3 = sim.merge(rollback[0]["number"])
         production_job(sim, merge3)
         assert release(sim, "main", "production")["modelDigest"] == prod["modelDigest"]
@@ -221,6 +254,7 @@ def test_retrain_on_s3(tmp_path, monkeypatch, no_proxy):
     started = time.perf_counter()
     with _simulation(tmp_path, monkeypatch, "retrain", "s3") as sim:
         merged, staged, promotion = _first_staging(sim)
+        release_check(sim, promotion)
         merge1 = sim.merge(promotion)
         promoted = release(sim, "main", "production")
         assert promoted["modelVersion"] == "none" and promoted["pipeline"] == staged["pipeline"]
@@ -239,6 +273,17 @@ def test_retrain_on_s3(tmp_path, monkeypatch, no_proxy):
         deploy = [p for p in sim.pulls() if p["head"]["ref"].startswith("deploy/")]
         assert len(deploy) == 1 and sim.pull_files(deploy[0]["number"]) == [RELEASE.format(env="production")]
         assert sim.served("production") is None  # nothing served before the deployment PR is merged
+        release_check(sim, deploy[0]["number"])
+        # retrain serves only what production trained: staging's model named by hand fails the PR early
+        staging_model = {
+            "modelVersion": '"1"',
+            "modelSource": f"staging:{MODEL}/1",
+            "modelDigest": staged["modelDigest"],
+            "storageUri": staged["storageUri"],
+            "gates": "passed",
+        }
+        forged = release_check(sim, forged_release_pr(sim, "Serve staging's model", **staging_model), False)
+        assert "a retrain production serves only a model it trained itself" in forged.output
 
         merge2 = sim.merge(deploy[0]["number"])
         production_job(sim, merge2)
@@ -267,6 +312,7 @@ def test_retrain_on_s3(tmp_path, monkeypatch, no_proxy):
         sim.job("production", sim.main(), "rollback").check()
         rollback = [p for p in sim.pulls() if p["head"]["ref"].startswith("rollback/")]
         assert len(rollback) == 1
+        release_check(sim, rollback[0]["number"])
         production_job(sim, sim.merge(rollback[0]["number"]))
         assert serves(sim, "production", prod)
         predict(sim.served("production").url)

@@ -10,12 +10,14 @@
 It rewrites the repository's `cluster:` settings to point at them (committed like any change).
 
 Identities, as IAM and OIDC would give them on a real cluster: a CI job runs as `staging`,
-`production` or `pull-request`, each with its own S3 access key, GCS endpoint (a recording proxy:
-the emulator has no authentication), MLflow token, KFP token and Argo CD token. Every request is
+`production`, `pull-request` or `release-check` (the PR workflow's release job), each with its own
+S3 access key, GCS endpoint (a recording proxy: the emulator has no authentication), MLflow token,
+KFP token and Argo CD token. Every request is
 recorded with its identity, and a policy refuses what the identity may not touch (403), so a
 staging job that reaches production's registry or bucket fails as it would under IAM:
 staging may use the staging bucket and registry only; production those of production and, read
-as transit documents, staging's; pull-request checks no cloud service at all.
+as transit documents, staging's; pull-request checks no cloud service at all; release-check
+reads the staging and production registries (tests assert it reads nothing else).
 
 `job(identity, sha, target...)` runs a workflow job's make targets the way a runner does:
 a fresh clone at the commit (actions/checkout), the job's identity in its environment, the
@@ -51,7 +53,7 @@ from sim.kfp_api import GcsObjects, KfpEmulator, S3Objects
 HOST = "127.0.0.1"
 REPOSITORY = "my-org/churn-classifier"
 ENVIRONMENTS = ("sandbox", "staging", "production")
-IDENTITIES = ("pull-request", "staging", "production")
+IDENTITIES = ("pull-request", "release-check", "staging", "production")
 APP_TOKEN = "ghs_emulated-installation-token"  # noqa: S105 - the GitHub App installation token (both CI jobs)
 PR_TOKEN = "ghs_pull-request-job-token"  # noqa: S105 - the PR workflow's read-only GITHUB_TOKEN
 REVIEWER_TOKEN = "ghp_release-owner"  # noqa: S105 - a release owner approving and merging in the UI
@@ -59,6 +61,7 @@ DEV_TOKEN = "ghp_developer"  # noqa: S105 - a developer opening a PR in the UI
 # What each identity may touch: environment -> access, "rw" or "r" (transit's read of staging).
 POLICY: dict[str, dict[str, str]] = {
     "pull-request": {},
+    "release-check": {"staging": "r", "production": "r"},  # MLflow only, read-only (the PR's release job)
     "staging": {"staging": "rw"},
     "production": {"production": "rw", "staging": "r"},
 }
@@ -720,13 +723,12 @@ def act_settings(sim: ClusterSimulation, identity: str, workspace: Path) -> dict
     """What GitHub would give the run: repository variables, the environment's secrets, and (standing
     in for OIDC and the App token steps act skips) the identity's credentials as job environment."""
     environ = sim.job_environment(identity, "", workspace)
-    passed = (
-        "AWS_", "STORAGE_EMULATOR_HOST", "GOOGLE_CLOUD_PROJECT", "MLFLOW_TRACKING_TOKEN", "GITHUB_API_URL",
-    )  # fmt: skip
+    passed = ("AWS_", "STORAGE_EMULATOR_HOST", "GOOGLE_CLOUD_PROJECT", "GITHUB_API_URL")
     env = {key: value for key, value in environ.items() if key.startswith(passed)}
     env["MLFLOW_DISABLE_TELEMETRY"] = "true"
     env["IMAGE_DIGEST_STANDIN"] = sim.image_digest
-    secrets = {"KFP_TOKEN": environ.get("KFP_TOKEN", "none")}
+    # Environment secrets, as the workflows read them (`secrets.MLFLOW_TRACKING_TOKEN`, ...)
+    secrets = {"KFP_TOKEN": environ.get("KFP_TOKEN", "none"), "MLFLOW_TRACKING_TOKEN": environ["MLFLOW_TRACKING_TOKEN"]}
     if identity in ("staging", "production"):
         env["GITHUB_TOKEN"] = APP_TOKEN  # the App token step's output, which GH_TOKEN falls back to
         secrets["ARGOCD_AUTH_TOKEN"] = sim.argocd_tokens[identity]

@@ -4,7 +4,8 @@ of the pipeline's outputs.
 
 Only kfp.Client's own calls are used (`get_pipeline_id`, `upload_pipeline`,
 `upload_pipeline_version`, `list_pipeline_versions`, `create_experiment`, `list_runs`,
-`run_pipeline`, `get_run`, `wait_for_run_completion`); the one endpoint it does not wrap, the
+`run_pipeline`, `get_run`, polled until the run is final: `wait_for_run_completion` does not
+know CANCELED); the one endpoint it does not wrap, the
 artifact service (`GET /apis/v2beta1/artifacts/{id}`, for an output's URI), goes through the
 engine's HTTP policy. kfp.Client sends its requests without a timeout and offers no setting for
 one, so every call runs under a deadline kept from outside (`timeouts.deadline_s`; the wait for a
@@ -46,6 +47,7 @@ from .http import ClusterCallError
 
 SUCCEEDED = "SUCCEEDED"
 RERUN_STATES = frozenset({"FAILED", "CANCELED", "CANCELLED", "SKIPPED"})  # a rerun starts a new run
+FINAL_STATES = frozenset({SUCCEEDED, "FAILED", "CANCELED", "CANCELLED", "SKIPPED", "ERROR"})  # V2beta1RuntimeState
 TOKEN_VAR = "KFP_TOKEN"  # noqa: S105 - the variable name; bearer token for the KFP API (e.g. from the OIDC-federated identity)
 SETTINGS = http.SETTINGS
 RETRY_STATUSES = frozenset({0, 500, 502, 503, 504})  # 0: kfp_server_api's status for a failed connection
@@ -344,35 +346,23 @@ class KfpPipelines:
         return f"{self.endpoint}/#/runs/details/{run_id}"
 
     def wait(self, run_id: str, run_name: str, timeout: float):
-        """kfp.Client.wait_for_run_completion, bounded: past `timeout` the run is reported, left running."""
-        try:
-            return _bounded(
-                self.client.wait_for_run_completion,
-                (run_id,),
-                {"timeout": timeout, "sleep_duration": self.poll_seconds},
-                time.monotonic() + timeout + self.timeouts.deadline_s,
-                f"{self.where()}: waiting for run {run_name!r} ({run_id})",
-                timeout,
-                "timeouts.run_s",
-            )
-        except TimeoutError:
-            state = "unknown"
-            with contextlib.suppress(ClusterCallError):
-                state = self._call(f"reading run {run_name!r}", self.client.get_run, run_id, idempotent=True).state
-            raise ClusterCallError(
-                f"{self.where()}: run {run_name!r} ({run_id}) did not finish within {timeout:g}s (state {state}); "
-                f"it keeps running at {self.run_url(run_id)} — rerun to wait for it again, or raise timeouts.run_s "
-                f"in {SETTINGS}"
-            ) from None
-        except Exception as exc:
-            from kfp_server_api.exceptions import ApiException
-
-            if isinstance(exc, ApiException):
+        """Poll the run until it is final or `timeout` passes (then it is reported, left running).
+        Not kfp.Client.wait_for_run_completion: its final states omit CANCELED, so a run cancelled
+        in the UI would be waited on until timeouts.run_s."""
+        ends = time.monotonic() + timeout
+        while True:
+            run = self._call(f"reading run {run_name!r} ({run_id})", self.client.get_run, run_id, idempotent=True)
+            state = (run.state or "").upper()
+            if state in FINAL_STATES:
+                return run
+            left = ends - time.monotonic()
+            if left <= 0:
                 raise ClusterCallError(
-                    f"{self.where()}: reading run {run_name!r} ({run_id}) failed: {exc.status} {_api_message(exc)}",
-                    status=exc.status,
-                ) from exc
-            raise
+                    f"{self.where()}: run {run_name!r} ({run_id}) did not finish within {timeout:g}s (state "
+                    f"{state or 'unknown'}); it keeps running at {self.run_url(run_id)} — rerun to wait for it "
+                    f"again, or raise timeouts.run_s in {SETTINGS}"
+                )
+            time.sleep(min(self.poll_seconds, left))
 
     def outputs(self, run) -> tuple[dict[str, str], dict[str, str]]:
         uris, ids = {}, {}
