@@ -164,6 +164,19 @@ def test_a_cancelled_run_ends_the_wait_with_its_state(cluster, packages):
     assert f"run 'cancelled' ({run_id}) ended CANCELED" in str(caught.value)
 
 
+def test_the_poll_interval_comes_from_timeouts_poll_s(cluster):
+    from mlrail.cluster import sync
+
+    env = cluster_env(cluster.url, poll_s=0.25)
+    assert kfp_api.KfpPipelines(env).poll_seconds == 0.25
+    assert kfp_api.KfpPipelines(cluster_env(cluster.url)).poll_seconds == 5.0  # the default
+    server = {"ARGOCD_SERVER": "127.0.0.1:9", "ARGOCD_AUTH_TOKEN": "t"}
+    with pytest.MonkeyPatch.context() as patch:
+        for key, value in server.items():
+            patch.setenv(key, value)
+        assert sync.ArgoCd.from_environment(env).poll_seconds == 0.25
+
+
 def test_reads_are_retried_on_5xx(cluster):
     cluster.faults.append(Fault("GET", 503, count=2))
     kfp = client(cluster.url)

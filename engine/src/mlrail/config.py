@@ -77,6 +77,7 @@ class Timeouts(_Strict):
     run_s: float = Field(3600.0, gt=0, description="one pipeline run")
     ready_s: float = Field(60.0, gt=0, description="an endpoint becoming ready")
     lock_s: float = Field(600.0, ge=0, description="waiting for another run of the same environment (0: refuse)")
+    poll_s: float = Field(5.0, gt=0, description="between two status reads of a pipeline run or an Argo CD sync")
 
 
 class PipelineSettings(_Strict):

@@ -522,7 +522,8 @@ class ClusterSimulation:
                 "artifact_root": self.artifact_root(env),
                 "endpoint_url": f"http://{self.project}.{self.namespaces[env]}.svc.cluster.local",
             }
-        config["timeouts"] = {**config.get("timeouts", {}), "run_s": 600, "ready_s": 90}
+        # the emulators answer at once: poll them every half second rather than every 5 s
+        config["timeouts"] = {**config.get("timeouts", {}), "run_s": 600, "ready_s": 90, "poll_s": 0.5}
         path.write_text(
             "# cluster: settings point at the cluster simulation (engine/tests/sim/cluster.py)\n"
             + yaml.safe_dump(config, sort_keys=False)

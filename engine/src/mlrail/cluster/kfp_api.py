@@ -48,6 +48,7 @@ from .http import ClusterCallError
 SUCCEEDED = "SUCCEEDED"
 RERUN_STATES = frozenset({"FAILED", "CANCELED", "CANCELLED", "SKIPPED"})  # a rerun starts a new run
 FINAL_STATES = frozenset({SUCCEEDED, "FAILED", "CANCELED", "CANCELLED", "SKIPPED", "ERROR"})  # V2beta1RuntimeState
+DEFAULT_POLL_S = 5.0
 TOKEN_VAR = "KFP_TOKEN"  # noqa: S105 - the variable name; bearer token for the KFP API (e.g. from the OIDC-federated identity)
 SETTINGS = http.SETTINGS
 RETRY_STATUSES = frozenset({0, 500, 502, 503, 504})  # 0: kfp_server_api's status for a failed connection
@@ -151,13 +152,14 @@ class KfpPipelines:
         client: Any = None,
         timeouts: Any = None,
         retry: http.Retry | None = None,
-        poll_seconds: float = 5.0,
+        poll_seconds: float | None = None,
     ):
         self.env = env
         self.endpoint = env.cluster.kfp_endpoint.rstrip("/")
         self.timeouts = timeouts or getattr(env, "timeouts", None) or _default_timeouts()
         self.retry = retry or http.Retry()
-        self.poll_seconds = poll_seconds
+        # between two reads of a running run: timeouts.poll_s
+        self.poll_seconds = poll_seconds or float(getattr(self.timeouts, "poll_s", None) or DEFAULT_POLL_S)
         self.token = os.environ.get(TOKEN_VAR) or None
         self.client = client or self._call("connecting", self._connect)
         headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}

@@ -150,7 +150,16 @@ class ArgoCd:
                 f"syncing {env.name} through Argo CD needs {SERVER_VAR} (host[:port]) and {TOKEN_VAR} "
                 f"(the environment's Argo CD token), or {USERNAME_VAR} and {PASSWORD_VAR} of a local account"
             )
-        return cls(env.name, server, token or None, username=username, password=password, timeouts=Timeouts.of(env))
+        poll = getattr(getattr(env, "timeouts", None), "poll_s", None) or 5.0  # timeouts.poll_s
+        return cls(
+            env.name,
+            server,
+            token or None,
+            username=username,
+            password=password,
+            timeouts=Timeouts.of(env),
+            poll_seconds=float(poll),
+        )
 
     def session_token(self, username: str, password: str) -> str:
         """POST /api/v1/session: a session token for a local account."""
