@@ -135,7 +135,7 @@ class Story:
 
 def child_env() -> dict[str, str]:
     env = {key: value for key, value in os.environ.items() if not key.startswith(("VIRTUAL_ENV", "MAKE", "MFLAGS"))}
-    for key in ("MLOPS_FAULT", "MLOPS_LOCAL_ROOT", "MLOPS_PULL_REQUESTS"):
+    for key in ("MLOPS_FAULT", "MLOPS_LOCAL_ROOT"):
         env.pop(key, None)
     env.update(MLFLOW_DISABLE_TELEMETRY="true", MLOPS_BACKEND="local", PYTHONUNBUFFERED="1")
     env["ENGINE_WHEELS"] = str(engine_wheels())

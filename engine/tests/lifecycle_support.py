@@ -10,7 +10,7 @@ from dataclasses import replace
 import pytest
 
 from example import ROOT
-from mlrail import config, gitops, promotion, serving
+from mlrail import config, promotion, serving
 from mlrail.registry import Registry
 from mlrail.release import Release, write_release
 
@@ -61,7 +61,7 @@ def lifecycle(tmp_path, monkeypatch, blank_registry_db):
         ):
             subprocess.run(["git", *argv], cwd=root, check=True, capture_output=True)
         monkeypatch.chdir(root)
-        for var in (promotion.FAULT_VAR, "MLOPS_LOCAL_ROOT", gitops.BACKEND_VAR):
+        for var in (promotion.FAULT_VAR, "MLOPS_LOCAL_ROOT"):
             monkeypatch.delenv(var, raising=False)
         monkeypatch.setenv("MLOPS_BACKEND", "local")
         cfg = config.load(root)

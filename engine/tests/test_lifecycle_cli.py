@@ -59,7 +59,18 @@ def test_staging_trains_committed_code_only(fresh, capsys):
     assert code == 1 and "staging trains committed code only, but src/idea.py has uncommitted changes" in err
 
 
-def test_unknown_pull_request_backend(fresh, capsys, monkeypatch):
-    monkeypatch.setenv("MLOPS_PULL_REQUESTS", "gitea")
+def test_the_pull_request_backend_is_config(fresh, capsys, monkeypatch):
+    """`pull_requests:` in config chooses the backend (default: github when production runs on a
+    cluster, else local); an environment variable no longer does."""
+    from mlrail import config, gitops
+
+    monkeypatch.setenv("MLOPS_PULL_REQUESTS", "github")
+    assert gitops.backend_name(config.load(fresh.root)) == "local"
+    path = fresh.root / "config" / "environments.yaml"
+    text = path.read_text()
+    path.write_text(text.replace("\npipelines:", "\npull_requests: gitea\npipelines:", 1))
     code, _, err = run(capsys, "prs")
-    assert code == 1 and "MLOPS_PULL_REQUESTS='gitea' names no pull-request backend" in err
+    line = next(n for n, t in enumerate(path.read_text().splitlines(), 1) if t.startswith("pull_requests:"))
+    assert code == 1 and f"config/environments.yaml:{line}: pull_requests: " in err and "'local'" in err, err
+    path.write_text(text.replace("\npipelines:", "\npull_requests: github\npipelines:", 1))
+    assert gitops.backend_name(config.load(fresh.root)) == "github"

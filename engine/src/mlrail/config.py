@@ -135,6 +135,9 @@ class ConfigModel(_Strict):
     features: PipelineSettings = Field(default_factory=PipelineSettings)
     training: PipelineSettings = Field(default_factory=PipelineSettings)
     timeouts: Timeouts = Field(default_factory=Timeouts)
+    pull_requests: Literal["local", "github"] | None = Field(
+        None, description="where promotion PRs are opened (default: github if production runs on a cluster, else local)"
+    )
     environments: EnvironmentsModel
 
 
@@ -194,6 +197,7 @@ class Config:
     pipelines: dict[str, str] = field(default_factory=dict)  # name -> "module:function"
     image: str = ""
     timeouts: Timeouts = DEFAULT_TIMEOUTS
+    pull_requests: str | None = None  # None: by production's backend (gitops.backend_name)
     pipeline_parameters: dict[str, dict[str, Any]] = field(default_factory=dict)  # features/training.parameters
 
     def load_pipelines(self, image: str | None = None) -> dict:
@@ -456,6 +460,7 @@ def load(root: Path | None = None) -> Config:
         pipelines=dict(model.pipelines.model_dump()),
         image=model.image,
         timeouts=model.timeouts,
+        pull_requests=model.pull_requests,
         pipeline_parameters={"features": dict(model.features.parameters), "training": dict(model.training.parameters)},
     )
 

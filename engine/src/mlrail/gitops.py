@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -27,7 +26,6 @@ from .config import Config
 from .fsutil import atomic_write_text
 from .pulls import STATES, GitOpsError, PullRequest, PullRequests
 
-BACKEND_VAR = "MLOPS_PULL_REQUESTS"  # local | github (default: local unless production runs on a cluster)
 PULLS_LOCK_WAIT_S = 60.0  # writers hold it for a git push at most
 BOT_IDENTITY = {
     "GIT_AUTHOR_NAME": "mlops-bot",
@@ -441,17 +439,12 @@ BACKENDS: dict[str, Callable[[Config], PullRequests]] = {"local": LocalPullReque
 
 
 def backend_name(cfg: Config) -> str:
-    chosen = os.environ.get(BACKEND_VAR, "").strip()
-    if chosen:
-        return chosen
+    """`pull_requests:` in config, else github when production runs on a cluster, else local."""
+    if cfg.pull_requests:
+        return cfg.pull_requests
     return "github" if cfg.env("production").backend == "cluster" else "local"
 
 
 def pull_requests(cfg: Config) -> PullRequests:
-    """The pull-request backend for this project: `MLOPS_PULL_REQUESTS`, else by production's backend."""
-    name = backend_name(cfg)
-    if name not in BACKENDS:
-        raise GitOpsError(
-            f"{BACKEND_VAR}={name!r} names no pull-request backend; expected one of {', '.join(sorted(BACKENDS))}"
-        )
-    return BACKENDS[name](cfg)
+    """The pull-request backend of this project (the config schema admits only the names in BACKENDS)."""
+    return BACKENDS[backend_name(cfg)](cfg)
