@@ -18,11 +18,11 @@ from typing import Any
 import numpy as np
 from mlflow.exceptions import MlflowException
 from mlflow.types.schema import ColSpec, Schema, TensorSpec
-from mlserver.codecs.numpy import _DatatypeToNumpy
+from mlserver.codecs.numpy import to_dtype
 from mlserver.errors import MLServerError
 from mlserver.types import Datatype, InferenceRequest, InferenceResponse, RequestInput
 from mlserver_mlflow import MLflowRuntime
-from mlserver_mlflow.metadata import DefaultInputPrefix, _get_content_type
+from mlserver_mlflow.metadata import DefaultInputPrefix, to_metadata_tensors
 
 SIGNATURE_MISMATCH_STATUS = 422  # a well-formed v2 request this model cannot take
 MODEL_FAILURE_STATUS = 500
@@ -58,7 +58,12 @@ def _accepts(expected: Datatype, given: Datatype) -> bool:
         return True
     if Datatype.BYTES in (given, expected) or Datatype.BOOL in (given, expected):
         return False
-    return bool(np.can_cast(_DatatypeToNumpy[given], _DatatypeToNumpy[expected], casting="safe"))
+    return bool(np.can_cast(_numpy_type(given), _numpy_type(expected), casting="safe"))
+
+
+def _numpy_type(datatype: Datatype) -> np.dtype:
+    """MLServer's own datatype -> numpy mapping (its public `to_dtype`, which takes a tensor)."""
+    return to_dtype(RequestInput(name="_", shape=[0], datatype=datatype, data=[]))
 
 
 def _element_count(item: RequestInput) -> int | None:
@@ -73,6 +78,8 @@ def signature_problems(schema: Schema, inputs: list[RequestInput]) -> list[str]:
     """What about `inputs` does not match the signature's input schema; [] when it matches."""
     problems: list[str] = []
     specs = {spec.name or f"{DefaultInputPrefix}{i}": spec for i, spec in enumerate(schema.inputs)}
+    # the v2 datatype MLServer's MLflow runtime advertises for each input (its /v2/models metadata)
+    datatypes = {tensor.name: tensor.datatype for tensor in to_metadata_tensors(schema, DefaultInputPrefix)}
     given = {item.name: item for item in inputs}
     if len(given) != len(inputs):
         problems.append("an input name appears more than once")
@@ -88,7 +95,7 @@ def signature_problems(schema: Schema, inputs: list[RequestInput]) -> list[str]:
         spec = specs.get(name)
         if spec is None:
             continue
-        expected, _ = _get_content_type(spec)
+        expected = datatypes[name]
         if not _accepts(expected, item.datatype):
             problems.append(f"input {name} is {Datatype(item.datatype).value}, expected {Datatype(expected).value}")
         shape = list(item.shape)
