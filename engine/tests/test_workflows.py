@@ -50,10 +50,16 @@ def test_top_level_permissions_are_empty_and_every_job_is_bounded(workflow):
 def test_no_dangerous_triggers_and_one_uncancelled_group_per_environment(workflow):
     assert not {"pull_request_target", "workflow_run"} & set(workflow.on)
     doc = _docs(workflow)
-    environments = {job.get("environment") for job in workflow.jobs.values()} - {None}
+    bound = {job.get("environment") for job in workflow.jobs.values()} - {None}
+    # release-check only holds the PR check's read-only registry token: it deploys nothing
+    assert bound <= {*ENVIRONMENTS, "release-check"}
+    environments = bound & set(ENVIRONMENTS)
     if environments:
         assert len(environments) == 1, "one workflow deploys one environment"
         assert doc["concurrency"] == {"group": environments.pop(), "cancel-in-progress": False}
+    if "release-check" in bound:
+        release = [job for job in workflow.jobs.values() if job.get("environment") == "release-check"]
+        assert [job["permissions"] for job in release] == [{"contents": "read"}], "release-check: read only"
 
 
 @pytest.mark.parametrize("workflow", WORKFLOWS, ids=lambda w: w.path.name)
