@@ -133,10 +133,12 @@ def serves(sim, env: str, data: dict) -> bool:
 
 def assert_separated(sim):
     """Staging's identity never touched production's registry or bucket; nothing was refused."""
-    assert sim.log.denied() == [], [vars(a) for a in sim.log.denied()][:5]
+    # the only refusals: the release check run without the release-check token (a fork's PR)
+    denied = sim.log.denied()
+    assert all(a.identity == "pull-request" and a.service == "mlflow" for a in denied), [vars(a) for a in denied][:5]
     assert sim.log.touched("staging") <= {"staging"}, sim.log.touched("staging")
     assert "production" not in sim.log.touched("staging", "mlflow")
-    assert sim.log.touched("pull-request") == set()
+    assert all(not a.allowed for a in sim.log.entries if a.identity == "pull-request")  # PR checks: no cloud access
     # the PR's release check read registries, and only read them
     checks = [a for a in sim.log.entries if a.identity == "release-check"]
     assert checks and {a.service for a in checks} == {"mlflow"} and {a.method for a in checks} == {"GET"}
@@ -203,6 +205,11 @@ def test_transit_on_gcs(tmp_path, monkeypatch, no_proxy):
         assert sim.registry_versions("production", MODEL) == []
 
         release_check(sim, promotion)
+        # Without the release-check token (a fork's PR gets no secrets) the registries refuse: the check fails.
+        pr = next(p for p in sim.pulls() if p["number"] == promotion)
+        fork = sim.job("pull-request", pr["head"]["sha"], f"verify-release BASE={pr['base']['sha']}")
+        assert fork.returncode != 0 and "Error 4" in fork.output, fork.output[-3000:]
+        assert "cannot check data.modelVersion against the staging registry" in fork.output, fork.output[-3000:]
         merge1 = sim.merge(promotion)
         production_job(sim, merge1)
         prod = release(sim, "main", "production")
