@@ -70,6 +70,13 @@ def test_pull_request_verifies_the_changed_releases(variant, baked_variants):
     verify = [step for step in job["steps"] if "verify-release" in step.get("run", "")]
     assert len(verify) == 1 and verify[0]["run"] == 'make verify-release BASE="$BASE_SHA"'
     assert verify[0]["env"] == {"BASE_SHA": "${{ github.event.pull_request.base.sha }}"}
+    # the verdict, verified or refused, reaches the job summary a reviewer reads
+    assert job["steps"][-1] == {
+        "name": "Job summary (verified, or the refusal)",
+        "if": "${{ !cancelled() }}",
+        "run": "make ci-summary FILE=build/release-check.md",
+    }
+    assert "--summary build/release-check.md" in (project / "Makefile").read_text()
     # every job that opens a registry sends its Environment's MLflow token
     for name in ("sandbox.yml", "staging.yml", f"production-{VARIANTS[variant]['promotion']}.yml"):
         flow = yaml.safe_load((project / ".github" / "workflows" / name).read_text())

@@ -168,6 +168,28 @@ def test_the_pull_request_check_verifies_the_releases_a_change_touches(transit, 
     assert "no release.yaml changed" in capsys.readouterr().out
 
 
+def test_the_pull_request_check_writes_its_verdict_for_the_job_summary(transit, capsys, tmp_path):
+    """`--summary FILE`: what a reviewer reads in the PR job's summary, verified or refused."""
+    cfg, passed, failed = transit
+    base = gitops.head_commit(cfg.root)
+    summary = tmp_path / "release-check.md"
+    git(cfg.root, "checkout", "--quiet", "-b", "promote/bad")
+    commit_release(cfg, replace(transit_release(cfg, failed), gates="passed"))
+    assert cli.main(["verify-release", "--base", base, "--summary", str(summary)]) == 4
+    text = summary.read_text()
+    assert text.startswith("## Release check\n") and "**Refused**" in text and "whose gates failed" in text
+    git(cfg.root, "checkout", "--quiet", "main")
+    git(cfg.root, "checkout", "--quiet", "-b", "promote/good")
+    commit_release(cfg, transit_release(cfg, passed))
+    assert cli.main(["verify-release", "--base", base, "--summary", str(summary)]) == 0
+    text = summary.read_text()
+    assert "**Refused**" not in text
+    row = f"| `{PRODUCTION_RELEASE}` | production | {cfg.model_name} v1 | `staging:{cfg.model_name}/1` | passed |"
+    assert row in text
+    assert cli.main(["verify-release", "--base", "HEAD", "--summary", str(summary)]) == 0
+    assert "No `release.yaml` changed" in summary.read_text()
+
+
 def test_merge_verifies_before_it_publishes(transit, capsys):
     cfg, passed, failed = transit
     pulls = gitops.pull_requests(cfg)

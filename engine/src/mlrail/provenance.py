@@ -273,6 +273,33 @@ def verify_changed(cfg: Config, base: str, head: str = "HEAD") -> list[tuple[str
     return checked
 
 
+def check_summary(checked: list[tuple[str, Release]], base: str, head: str, refusal: str | None = None) -> str:
+    """The PR check's verdict as markdown, for the job summary a reviewer reads."""
+    lines = ["## Release check", ""]
+    if refusal is not None:
+        lines += [
+            f"**Refused** (exit {ProvenanceError.exit_code}): {refusal}",
+            "",
+            "Production would refuse this release too: fix the file, or let the flows write it "
+            "(a promotion, deployment or rollback PR).",
+        ]
+    elif not checked:
+        lines.append(f"No `release.yaml` changed between `{base[:12]}` and `{head[:12]}`: nothing to verify.")
+    else:
+        lines += [
+            f"Every `release.yaml` changed between `{base[:12]}` and `{head[:12]}` traces to its promotion "
+            "in the registries.",
+            "",
+            "| file | environment | model | source | gates |",
+            "|---|---|---|---|---|",
+        ]
+        for path, release in checked:
+            model = "none" if release.model.is_empty else f"{release.model.name} v{release.model.version}"
+            env = path.split("/")[-2]
+            lines.append(f"| `{path}` | {env} | {model} | `{release.model.source}` | {release.gates} |")
+    return "\n".join(lines) + "\n"
+
+
 def pull_request_check(cfg: Config) -> Callable[[gitops.PullRequest], None]:
     """The check `merge` runs before it publishes: the PR's release files, verified at its head."""
 
@@ -318,6 +345,7 @@ def served_elsewhere(cfg: Config, release: Release, where: str) -> str | None:
 
 __all__ = [
     "ProvenanceError",
+    "check_summary",
     "merge",
     "pull_request_check",
     "rolled_back_digests",

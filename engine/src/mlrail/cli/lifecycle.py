@@ -211,11 +211,23 @@ def status_cmd(as_json: JsonFlag = False) -> int:
 def verify_release_cmd(
     base: Annotated[str, typer.Option("--base", help="the git ref the change is compared with, e.g. origin/main")],
     head: Annotated[str, typer.Option("--head", help="the git ref checked")] = "HEAD",
+    summary: Annotated[
+        str | None, typer.Option("--summary", help="also write the verdict as markdown here (the job summary)")
+    ] = None,
 ) -> int:
     from .. import provenance
+    from ..fsutil import atomic_write_text
+    from .core import resolve_out
 
     cfg = load_config()
-    checked = provenance.verify_changed(cfg, base, head)
+    try:
+        checked = provenance.verify_changed(cfg, base, head)
+    except provenance.ProvenanceError as exc:
+        if summary:
+            atomic_write_text(resolve_out(cfg.root, summary), provenance.check_summary([], base, head, str(exc)))
+        raise
+    if summary:
+        atomic_write_text(resolve_out(cfg.root, summary), provenance.check_summary(checked, base, head))
     if not checked:
         print(f"no release.yaml changed between {base} and {head}")
     for path, release in checked:
