@@ -217,17 +217,19 @@ def verify_release_cmd(
 ) -> int:
     from .. import provenance
     from ..fsutil import atomic_write_text
+    from ..git import rev
     from .core import resolve_out
 
     cfg = load_config()
+    head_commit = rev(cfg.root, head) or head  # the summary names the commit checked, not "HEAD"
     try:
         checked = provenance.verify_changed(cfg, base, head)
     except provenance.ProvenanceError as exc:
         if summary:
-            atomic_write_text(resolve_out(cfg.root, summary), provenance.check_summary([], base, head, str(exc)))
+            atomic_write_text(resolve_out(cfg.root, summary), provenance.check_summary([], base, head_commit, str(exc)))
         raise
     if summary:
-        atomic_write_text(resolve_out(cfg.root, summary), provenance.check_summary(checked, base, head))
+        atomic_write_text(resolve_out(cfg.root, summary), provenance.check_summary(checked, base, head_commit))
     if not checked:
         print(f"no release.yaml changed between {base} and {head}")
     for path, release in checked:
