@@ -273,7 +273,9 @@ def verify_changed(cfg: Config, base: str, head: str = "HEAD") -> list[tuple[str
     return checked
 
 
-def check_summary(checked: list[tuple[str, Release]], base: str, head: str, refusal: str | None = None) -> str:
+def check_summary(
+    cfg: Config, checked: list[tuple[str, Release]], base: str, head: str, refusal: str | None = None
+) -> str:
     """The PR check's verdict as markdown, for the job summary a reviewer reads."""
     lines = ["## Release check", ""]
     if refusal is not None:
@@ -295,7 +297,7 @@ def check_summary(checked: list[tuple[str, Release]], base: str, head: str, refu
         ]
         for path, release in checked:
             model = "none" if release.model.is_empty else f"{release.model.name} v{release.model.version}"
-            env = path.split("/")[-2]
+            env = release_env(cfg, path)
             lines.append(f"| `{path}` | {env} | {model} | `{release.model.source}` | {release.gates} |")
     return "\n".join(lines) + "\n"
 

@@ -221,15 +221,17 @@ def verify_release_cmd(
     from .core import resolve_out
 
     cfg = load_config()
-    head_commit = rev(cfg.root, head) or head  # the summary names the commit checked, not "HEAD"
+    checked, refusal = [], None
     try:
         checked = provenance.verify_changed(cfg, base, head)
     except provenance.ProvenanceError as exc:
-        if summary:
-            atomic_write_text(resolve_out(cfg.root, summary), provenance.check_summary([], base, head_commit, str(exc)))
-        raise
+        refusal = exc
     if summary:
-        atomic_write_text(resolve_out(cfg.root, summary), provenance.check_summary(checked, base, head_commit))
+        head_commit = rev(cfg.root, head) or head  # the summary names the commit checked, not "HEAD"
+        text = provenance.check_summary(cfg, checked, base, head_commit, str(refusal) if refusal else None)
+        atomic_write_text(resolve_out(cfg.root, summary), text)
+    if refusal is not None:
+        raise refusal
     if not checked:
         print(f"no release.yaml changed between {base} and {head}")
     for path, release in checked:

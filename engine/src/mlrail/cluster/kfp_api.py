@@ -41,14 +41,13 @@ from typing import Any
 import yaml
 
 from .. import git as gitcmd
-from ..config import Environment
+from ..config import DEFAULT_TIMEOUTS, Environment
 from . import http
 from .http import ClusterCallError
 
 SUCCEEDED = "SUCCEEDED"
 RERUN_STATES = frozenset({"FAILED", "CANCELED", "CANCELLED", "SKIPPED"})  # a rerun starts a new run
 FINAL_STATES = frozenset({SUCCEEDED, "FAILED", "CANCELED", "CANCELLED", "SKIPPED", "ERROR"})  # V2beta1RuntimeState
-DEFAULT_POLL_S = 5.0
 TOKEN_VAR = "KFP_TOKEN"  # noqa: S105 - the variable name; bearer token for the KFP API (e.g. from the OIDC-federated identity)
 SETTINGS = http.SETTINGS
 RETRY_STATUSES = frozenset({0, 500, 502, 503, 504})  # 0: kfp_server_api's status for a failed connection
@@ -156,10 +155,10 @@ class KfpPipelines:
     ):
         self.env = env
         self.endpoint = env.cluster.kfp_endpoint.rstrip("/")
-        self.timeouts = timeouts or getattr(env, "timeouts", None) or _default_timeouts()
+        self.timeouts = timeouts or getattr(env, "timeouts", None) or DEFAULT_TIMEOUTS
         self.retry = retry or http.Retry()
         # between two reads of a running run: timeouts.poll_s
-        self.poll_seconds = poll_seconds or float(getattr(self.timeouts, "poll_s", None) or DEFAULT_POLL_S)
+        self.poll_seconds = poll_seconds or float(getattr(self.timeouts, "poll_s", DEFAULT_TIMEOUTS.poll_s))
         self.token = os.environ.get(TOKEN_VAR) or None
         self.client = client or self._call("connecting", self._connect)
         headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
@@ -532,12 +531,6 @@ def run_training(
 
 def _named(name: str) -> str:
     return json.dumps({"predicates": [{"operation": "EQUALS", "key": "display_name", "stringValue": name}]})
-
-
-def _default_timeouts():
-    from ..config import Timeouts
-
-    return Timeouts()
 
 
 def _delays(retry: http.Retry) -> Iterator[float]:

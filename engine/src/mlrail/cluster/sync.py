@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import git as gitcmd
-from ..config import Config, Environment
+from ..config import DEFAULT_TIMEOUTS, Config, Environment
 from ..errors import MlopsError
 from .http import SETTINGS, ClusterCallError, JsonApi, Retry, Timeouts, deadline
 
@@ -150,7 +150,7 @@ class ArgoCd:
                 f"syncing {env.name} through Argo CD needs {SERVER_VAR} (host[:port]) and {TOKEN_VAR} "
                 f"(the environment's Argo CD token), or {USERNAME_VAR} and {PASSWORD_VAR} of a local account"
             )
-        poll = getattr(getattr(env, "timeouts", None), "poll_s", None) or 5.0  # timeouts.poll_s
+        poll = getattr(getattr(env, "timeouts", None), "poll_s", DEFAULT_TIMEOUTS.poll_s)  # timeouts.poll_s
         return cls(
             env.name,
             server,
